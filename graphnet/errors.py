@@ -1,0 +1,112 @@
+"""Spec errors: every one points at file:line:col, shows the line with a caret, and says what to do."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Pos:
+    """A place in a spec file (1-based line and column)."""
+
+    file: str
+    line: int
+    col: int
+    end_col: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.col}"
+
+
+class GraphnetError(Exception):
+    """Base of every error graphnet reports to a user (never shown with a traceback)."""
+
+
+class SpecError(GraphnetError):
+    """One problem in a spec, at a position."""
+
+    kind = "error"
+
+    def __init__(self, message: str, pos: Pos | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message, self.pos, self.hint = message, pos, hint
+
+    def render(self, sources: dict[str, str] | None = None) -> str:
+        where = f"{self.pos}: " if self.pos else ""
+        lines = [f"{where}{self.kind}: {self.message}"]
+        text = _source_line(self.pos, sources)
+        if text is not None:
+            width = max(1, (self.pos.end_col or self.pos.col + 1) - self.pos.col)
+            lines += [f"    {text}", "    " + " " * (self.pos.col - 1) + "^" * width]
+        if self.hint:
+            lines.append(f"  {self.hint}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.render()
+
+
+class SyntaxProblem(SpecError):
+    """The text does not follow the grammar."""
+
+
+class UnknownName(SpecError):
+    """A name, op, block, param or file that does not exist."""
+
+
+class WidthError(SpecError):
+    """Feature widths that do not fit together."""
+
+
+class CycleError(SpecError):
+    """A block that calls itself, or files that import each other."""
+
+
+class ParamError(SpecError):
+    """A param value that is missing, of the wrong kind, or outside its choices."""
+
+
+class OpError(SpecError):
+    """An op used with arguments it does not take."""
+
+
+class TrainConfigError(SpecError):
+    """A train-section entry the runtime cannot use."""
+
+
+class Warning_(SpecError):
+    """Something legal but probably unintended (an unused node)."""
+
+    kind = "warning"
+
+
+class SpecErrors(GraphnetError):
+    """All the errors found in one spec, reported together."""
+
+    def __init__(self, errors: list[SpecError], sources: dict[str, str] | None = None):
+        self.errors, self.sources = errors, sources or {}
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(e.render(self.sources) for e in self.errors)
+
+
+def did_you_mean(name: str, candidates) -> str | None:
+    close = difflib.get_close_matches(name, sorted(set(candidates)), n=3, cutoff=0.6)
+    if not close:
+        return None
+    return "did you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+
+
+def _source_line(pos: Pos | None, sources: dict[str, str] | None) -> str | None:
+    if pos is None:
+        return None
+    text = (sources or {}).get(pos.file)
+    if text is None:
+        try:
+            text = Path(pos.file).read_text()
+        except OSError:
+            return None
+    lines = text.splitlines()
+    return lines[pos.line - 1].replace("\t", " ") if 0 < pos.line <= len(lines) else None

@@ -1,0 +1,65 @@
+"""The graph IR: a networkx.DiGraph whose node and edge attributes are pydantic models."""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import networkx as nx
+from pydantic import BaseModel, ConfigDict
+
+from .errors import Pos
+
+Role = Literal["actor", "critic", "common"]
+SharingMode = Literal["shared", "task", "bank"]
+
+
+class Module(BaseModel):
+    """A group of parameters; every node that applies it shares them (a named module, a layer)."""
+
+    model_config = ConfigDict(frozen=False)
+    id: str
+    op: str
+    attrs: dict[str, Any]
+    sharing: SharingMode
+    copies: int                # 1 (shared), T (task) or K (bank)
+    in_widths: list[int] | None = None   # fixed by the first call site
+    per_copy: int              # parameters in one copy
+    role: Role
+    pos: Pos
+
+    @property
+    def total(self) -> int:
+        return self.copies * self.per_copy
+
+
+class OpNode(BaseModel):
+    """One op application: its inputs (in port order), output width, and parameters (module)."""
+
+    id: str
+    op: str
+    attrs: dict[str, Any] = {}
+    inputs: list[str] = []
+    width: int
+    kind: Literal["features", "task_id"] = "features"
+    module: str | None = None
+    role: Role
+    scope: tuple[str, ...] = ()   # e.g. ("actor", "trunk", "i=1"): blocks and repeat iterations
+    label: str | None = None      # the spec name it was assigned to
+    pos: Pos | None = None
+
+
+class Edge(BaseModel):
+    width: int
+    ports: list[int]
+
+
+def node(g: nx.DiGraph, node_id: str) -> OpNode:
+    return g.nodes[node_id]["data"]
+
+
+def nodes(g: nx.DiGraph) -> list[OpNode]:
+    """Nodes in topological order (inputs before users)."""
+    return [g.nodes[n]["data"] for n in nx.topological_sort(g)]
+
+
+def modules(g: nx.DiGraph) -> dict[str, Module]:
+    return g.graph["modules"]

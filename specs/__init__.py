@@ -1,0 +1,1 @@
+"""The spec library: one .gn file per published method, shipped with graphnet."""
