@@ -264,7 +264,10 @@ class Elaborator:
         return int(v) if whole else v
 
     def binary(self, e: A.Binary, scope: Scope) -> Any:
-        a, b = self.ev(e.left, scope), self.ev(e.right, scope)
+        if e.op in ("==", "!="):
+            a, b = self._choice_word(e.left, e.right, scope), self._choice_word(e.right, e.left, scope)
+        else:
+            a, b = self.ev(e.left, scope), self.ev(e.right, scope)
         if a is POISON or b is POISON:
             return POISON
         if e.op in ("and", "or"):
@@ -291,6 +294,14 @@ class Elaborator:
                 return POISON
             return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
         return {"+": a + b, "-": a - b, "*": a * b}[e.op]
+
+    def _choice_word(self, side: A.Node, other: A.Node, scope: Scope) -> Any:
+        """Beside a param with choices, a bare name that is one of them is that word (`first == down`),
+        even where a variable of that name exists."""
+        if isinstance(side, A.Name) and isinstance(other, A.Name) and other.id in self.choices \
+                and other.id not in scope.vars and side.id in map(str, self.choices[other.id]):
+            return side.id
+        return self.ev(side, scope)
 
     def equality(self, e: A.Binary, a: Any, b: Any) -> Any:
         for side, other in ((e.left, b), (e.right, a)):

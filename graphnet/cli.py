@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     except GraphnetError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head`
+        return 0
 
 
 if __name__ == "__main__":
