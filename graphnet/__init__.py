@@ -3,10 +3,10 @@
 The core (language, graph, accounting) never imports torch; `graphnet.compiler` and
 `graphnet.runtime` do.
 """
-from ._spec import Spec, library_names, load
+from ._spec import Sizes, Spec, library_names, load
 from .accounting import ParamReport
 from .errors import GraphnetError, SpecError, SpecErrors
 from .train_config import TrainConfig
 
-__all__ = ["GraphnetError", "ParamReport", "Spec", "SpecError", "SpecErrors", "TrainConfig", "library_names",
+__all__ = ["GraphnetError", "ParamReport", "Sizes", "Spec", "SpecError", "SpecErrors", "TrainConfig", "library_names",
            "load"]

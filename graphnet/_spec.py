@@ -13,6 +13,8 @@ from pydantic import ValidationError
 
 from . import _ast as A
 from ._elaborate import ENV_SYMBOLS, INPUTS, Elaborator, Env, FileScope
+
+Sizes = Env  # the environment sizes a spec is checked and counted at
 from ._parser import parse
 from .errors import CycleError, ParamError, Pos, SpecError, SpecErrors, TrainConfigError, UnknownName, did_you_mean
 from .train_config import TrainConfig
@@ -51,7 +53,7 @@ def parse_value(text: str) -> Any:
 class Spec:
     """A loaded, checked spec. `graph` is the agent graph at MT10 sizes; `graph_for` at any sizes."""
 
-    def __init__(self, path: Path, overrides: dict[str, Any]):
+    def __init__(self, path: Path, overrides: dict[str, Any], sizes: Env = MT10):
         self.path = str(path)
         self.overrides = dict(overrides)
         self.sources: dict[str, str] = {}
@@ -66,8 +68,9 @@ class Spec:
             self._resolve_params()
             if not self.errors:
                 self._graphs: dict[tuple, nx.DiGraph] = {}
-                self._elaborate(MT10, keep_warnings=True)
-                self._train_config()
+                self._elaborate(sizes, keep_warnings=True)
+            if not self.errors:
+                self._train_config(self._graphs[_key(sizes)])
         if self.errors:
             raise SpecErrors(self.errors, self.sources)
 
@@ -146,10 +149,10 @@ class Spec:
             self.errors.append(CycleError(f"param {name} is defined in terms of itself ("
                                           + " -> ".join(evaluating + [name]) + ")", decl.pos))
             return None
+        choices = self._choices(decl)
         evaluating.append(name)
-        default = self._const(decl.default, evaluating)
+        default = self._const(decl.default, evaluating, words=choices or ())
         evaluating.pop()
-        choices = tuple(self._const(c, evaluating) for c in decl.choices) if decl.choices else None
         value = default
         if name in self.overrides:
             value = self._check_override(decl, default, self.overrides[name])
@@ -174,12 +177,21 @@ class Spec:
             return default
         return int(value) if isinstance(default, int) and not isinstance(default, bool) else value
 
-    def _const(self, e: A.Node, evaluating: list[str]) -> Any:
-        """Evaluate a param default or choice: numbers, words, true/false, other params, arithmetic."""
+    def _choices(self, decl: A.Param) -> tuple | None:
+        """A param's allowed values, read literally: `in [none, proj]` means the words, not params."""
+        if not decl.choices:
+            return None
+        return tuple(c.id if isinstance(c, A.Name) else self._const(c, []) for c in decl.choices)
+
+    def _const(self, e: A.Node, evaluating: list[str], words: tuple = ()) -> Any:
+        """Evaluate a param default: numbers, words, true/false, other params, arithmetic. A name among
+        `words` (the param's own choices) is that word."""
         if isinstance(e, (A.Num, A.Str, A.Bool)):
             return e.value
         if isinstance(e, A.Name):
-            return self._param_value(e.id, evaluating) if e.id in self.decls else e.id
+            if e.id in self.decls and e.id not in words:
+                return self._param_value(e.id, evaluating)
+            return e.id
         if isinstance(e, A.Unary) and e.op == "-":
             v = self._const(e.operand, evaluating)
             if isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -199,7 +211,7 @@ class Spec:
 
     # ----------------------------------------------------------------------------- graph
     def _elaborate(self, env: Env, keep_warnings: bool = False) -> nx.DiGraph:
-        choices = {n: tuple(self._const(c, []) for c in p.choices) for n, (p, _) in self.decls.items() if p.choices}
+        choices = {n: self._choices(p) for n, (p, _) in self.decls.items() if p.choices}
         elab = Elaborator(self.root, self.values, choices, env)
         g = elab.run()
         if keep_warnings:
@@ -208,7 +220,7 @@ class Spec:
             self.errors.extend(elab.errors)
             return g
         g.graph["features"] = {k: v for k, v in elab.features.items() if v in g}
-        self._graphs[(env.obs, env.act, env.tasks, env.meta)] = g
+        self._graphs[_key(env)] = g
         return g
 
     def graph_for(self, obs: int = 39, act: int = 4, tasks: int = 10, meta: int = 768) -> nx.DiGraph:
@@ -234,7 +246,7 @@ class Spec:
         return count(self.graph_for(obs, act, tasks, meta))
 
     # ----------------------------------------------------------------------------- train section
-    def _train_config(self) -> None:
+    def _train_config(self, g: nx.DiGraph) -> None:
         raw, where = {}, {}
         for item in self.root.spec.train:
             value = self._train_value(item.value)
@@ -258,7 +270,6 @@ class Spec:
                     self.errors.append(TrainConfigError(f"train option {name}{'.' + detail if detail else ''}: "
                                                         f"{msg}", pos))
             return
-        g = self._graphs[(MT10.obs, MT10.act, MT10.tasks, MT10.meta)]
         t = self.train
         if t.w_reset and g.graph["bank"] is None:
             self.errors.append(TrainConfigError("w_reset re-draws a task's composition weights w, but no layer of "
@@ -291,17 +302,23 @@ class Spec:
         return h.hexdigest()[:16]
 
 
+def _key(env: Env) -> tuple[int, int, int, int]:
+    return (env.obs, env.act, env.tasks, env.meta)
+
+
 def _literal(e: A.Node) -> Any:
     return getattr(e, "value", getattr(e, "id", None))
 
 
-def load(ref: str | Path, **overrides: Any) -> Spec:
-    """Load and check a spec by path or library name; keyword arguments override its params."""
+def load(ref: str | Path, sizes: Env = MT10, **overrides: Any) -> Spec:
+    """Load and check a spec by path or library name; keyword arguments override its params.
+
+    The spec is checked at `sizes` (observation, action, task counts; MT10's by default)."""
     path = find_spec(ref)
     if path is None:
         hint = did_you_mean(str(ref), library_names()) or "library specs: " + ", ".join(library_names())
         raise SpecErrors([UnknownName(f"no spec file or library spec named '{ref}'", None, hint)])
-    return Spec(path, overrides)
+    return Spec(path, overrides, sizes)
 
 
 __all__ = ["Spec", "load", "library_names", "find_spec", "parse_value", "Pos"]

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Any
 
-from ._spec import Spec, load, parse_value
+from ._spec import Sizes, Spec, load, parse_value
 from .errors import GraphnetError, SpecErrors
 from .ir import nodes
 
@@ -26,7 +26,7 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
 
 
 def _load(args) -> Spec:
-    return load(args.spec, **_overrides(args.set))
+    return load(args.spec, Sizes(obs=args.obs, act=args.act, tasks=args.tasks), **_overrides(args.set))
 
 
 def _env_args(p: argparse.ArgumentParser) -> None:
