@@ -1,0 +1,5 @@
+"""graphnet.compiler: spec graphs to torch networks (torch.fx), checked against a reference interpreter."""
+from .build import Actor, AgentNets, Critic, Trunk, build
+from .reference import reference_trunk
+
+__all__ = ["Actor", "AgentNets", "Critic", "Trunk", "build", "reference_trunk"]

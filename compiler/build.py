@@ -1,0 +1,103 @@
+"""A spec -> the agent's torch networks: actor, twin critics (one stacked module), target, temperatures."""
+from __future__ import annotations
+
+import copy
+import math
+
+import networkx as nx
+import torch
+from torch import Tensor, nn
+
+from .._spec import Spec
+from ..errors import GraphnetError
+from ..ir import modules, nodes
+from .lower import lower
+from .modules import ParamOp, TaskLayout
+
+LOG_STD_MIN, LOG_STD_MAX = -20.0, 2.0
+
+
+class Trunk(nn.Module):
+    """One compiled trunk: picks the task layout once per call, then runs the fx GraphModule."""
+
+    def __init__(self, graph_module: nn.Module, num_tasks: int, reads_act: bool):
+        super().__init__()
+        self.graph_module, self.num_tasks, self.reads_act = graph_module, num_tasks, reads_act
+
+    def forward(self, obs: Tensor, task: Tensor, act: Tensor | None = None, task_major: bool | None = None) -> Tensor:
+        """`[E, B, out]`. task_major=None checks the ids; the runtime, which knows, passes True."""
+        major = TaskLayout.is_major(task, self.num_tasks) if task_major is None else task_major
+        layout = TaskLayout(task, self.num_tasks, major)
+        return self.graph_module(obs, act, layout) if self.reads_act else self.graph_module(obs, layout)
+
+
+class Actor(nn.Module):
+    """obs, task -> (mean, log_std) of a tanh-squashed Gaussian; log_std squashed into [-20, 2]."""
+
+    def __init__(self, trunk: Trunk):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, obs: Tensor, task: Tensor, task_major: bool | None = None) -> tuple[Tensor, Tensor]:
+        mean, raw = self.trunk(obs, task, task_major=task_major)[0].chunk(2, -1)
+        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1)
+        return mean, log_std
+
+
+class Critic(nn.Module):
+    """obs, act, task -> (q1, q2): both twins in one stacked module (ensemble dimension 2)."""
+
+    def __init__(self, trunk: Trunk):
+        super().__init__()
+        self.trunk = trunk
+
+    def forward(self, obs: Tensor, act: Tensor, task: Tensor, task_major: bool | None = None) -> tuple[Tensor, Tensor]:
+        q = self.trunk(obs, task, act, task_major)
+        return q[0], q[1]
+
+
+class AgentNets(nn.Module):
+    """Everything the agent learns. `parameters()` counts each shared tensor once, as `graphnet params` does."""
+
+    def __init__(self, actor: Actor, critic: Critic, critic_target: Critic, log_alpha: nn.Parameter,
+                 bank_table: nn.Parameter | None, graph: nx.DiGraph, op_modules: dict[str, ParamOp]):
+        super().__init__()
+        self.actor, self.critic, self.critic_target = actor, critic, critic_target
+        self.log_alpha, self.bank_table = log_alpha, bank_table
+        self.graph = graph                  # the IR the networks were built from
+        self.op_modules = op_modules        # IR module id -> its torch parameters (plain dict: not re-registered)
+
+
+def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | torch.device | None = None,
+          task_metadata: Tensor | None = None, compile: bool = False) -> AgentNets:
+    """Compile a spec to the agent's networks on `device` (CUDA when present by default).
+
+    `task_metadata` ([T, META]) is required by specs that read `meta(task)`."""
+    meta_width = task_metadata.shape[1] if task_metadata is not None else 768
+    g = spec.graph_for(obs_dim, act_dim, num_tasks, meta_width)
+    if task_metadata is None and any(n.op == "meta" for n in nodes(g)):
+        raise GraphnetError(f"{spec.path} reads meta(task): pass task_metadata, a [tasks, width] tensor")
+    bank = g.graph["bank"]
+    table = None
+    if bank:
+        table = nn.Parameter(torch.eye(num_tasks) if bank["w"] == "onehot" else torch.randn(num_tasks, bank["K"]))
+    op_modules = {mid: ParamOp(m, 2 if m.role == "critic" else 1, table if m.sharing == "bank" else None,
+                               identical=bool(bank) and bank["init"] == "identical")
+                  for mid, m in modules(g).items()}
+    meta = task_metadata.to(torch.get_default_dtype()) if task_metadata is not None else None
+    actor = Actor(Trunk(lower(g, "actor", op_modules, meta), num_tasks, reads_act=False))
+    critic = Critic(Trunk(lower(g, "critic", op_modules, meta), num_tasks, reads_act=True))
+    shared = [op_modules[mid] for mid, m in modules(g).items() if m.role == "common"]
+    keep = [*shared, *([table] if table is not None else [])]
+    critic_target = copy.deepcopy(critic, memo={id(obj): obj for obj in keep})   # shares, never copies, these
+    shared_params = {id(p) for m in shared for p in m.parameters()} | ({id(table)} if table is not None else set())
+    for p in critic_target.parameters():
+        if id(p) not in shared_params:
+            p.requires_grad_(False)
+    log_alpha = nn.Parameter(torch.full((num_tasks,), math.log(spec.train.init_alpha)))
+    nets = AgentNets(actor, critic, critic_target, log_alpha, table, g, op_modules)
+    if compile:
+        for trunk in (actor.trunk, critic.trunk, critic_target.trunk):
+            trunk.graph_module = torch.compile(trunk.graph_module)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return nets.to(device)

@@ -1,0 +1,105 @@
+"""Torch modules for the graph's parameter groups: one `ParamOp` per IR module, whatever its sharing."""
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+from torch import Tensor, nn
+
+from ..ir import Module
+from . import ops
+
+
+class TaskLayout:
+    """A batch's task ids and how they are laid out; made once per forward, read by every task op.
+
+    Task-major (equal contiguous chunks, task 0 first) takes the fast path: tasks fold into the
+    ensemble dimension. Any other order takes the general path: samples sorted by task once.
+    """
+
+    def __init__(self, task: Tensor, num_tasks: int, major: bool):
+        self.task, self.num_tasks, self.major = task, num_tasks, major
+
+    @cached_property
+    def order(self) -> tuple[Tensor, list[int], Tensor]:
+        perm = torch.argsort(self.task, stable=True)
+        counts = torch.bincount(self.task, minlength=self.num_tasks).tolist()
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(len(perm), device=perm.device)
+        return perm, counts, inverse
+
+    @staticmethod
+    def is_major(task: Tensor, num_tasks: int) -> bool:
+        n, rem = divmod(task.shape[0], num_tasks)
+        if rem or n == 0:
+            return False
+        pattern = torch.arange(num_tasks, device=task.device).repeat_interleave(n)
+        return bool(torch.equal(task, pattern))
+
+
+class ParamOp(nn.Module):
+    """The parameters of one graph module, stored `[E, copies, ...]`, and the op applied to them.
+
+    shared: copy 0. task: the sample's task's copy. bank(K): theta_t = sum_k w[t, k] Phi_k, either
+    composed first (then the task path) or, for ops linear in their parameters, by mixing the K
+    copies' outputs, whichever costs fewer multiply-adds.
+    """
+
+    def __init__(self, module: Module, ensemble: int, bank_table: nn.Parameter | None = None,
+                 identical: bool = False):
+        super().__init__()
+        self.op, self.attrs, self.sharing = module.op, dict(module.attrs), module.sharing
+        self.fn = ops.PARAMETRIC.get(module.op)
+        shapes = ops.param_shapes(module.op, module.attrs, module.in_widths)
+        self.params = nn.ParameterDict()
+        for name, (shape, init, fan_in) in shapes.items():
+            p = torch.empty(ensemble, module.copies, *shape)
+            for e in range(ensemble):
+                for c in range(module.copies):
+                    if identical and c > 0:
+                        p[e, c] = p[e, 0]
+                    else:
+                        ops.init_(p[e, c], init, fan_in)
+            self.params[name] = nn.Parameter(p)
+        self._table = [bank_table]  # held by the agent, shared by actor and critic: not registered here
+
+    @property
+    def table(self) -> Tensor:
+        return self._table[0]
+
+    def forward(self, *xs: Tensor, layout: TaskLayout) -> Tensor:
+        p = dict(self.params.items())
+        if self.op == "embed":
+            return p["table"][:, layout.task]
+        E = max(max(x.shape[0] for x in xs), next(iter(p.values())).shape[0]) if p else max(x.shape[0] for x in xs)
+        xs = tuple(x.expand(E, *x.shape[1:]) for x in xs)
+        p = {k: v.expand(E, *v.shape[1:]) for k, v in p.items()}
+        if self.sharing == "shared":
+            return self.fn({k: v[:, 0] for k, v in p.items()}, *xs, **self.attrs)
+        if self.sharing == "task":
+            return self._per_task(p, xs, layout)
+        return self._bank(p, xs, layout)
+
+    def _per_task(self, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
+        E, B, T = xs[0].shape[0], xs[0].shape[1], layout.num_tasks
+        if layout.major:
+            folded = [x.reshape(E * T, B // T, *x.shape[2:]) for x in xs]
+            out = self.fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
+            return out.reshape(E, B, *out.shape[2:])
+        perm, counts, inverse = layout.order
+        chunks = [x[:, perm].split(counts, dim=1) for x in xs]
+        outs = [self.fn({k: v[:, t] for k, v in p.items()}, *(c[t] for c in chunks), **self.attrs)
+                for t in range(T) if counts[t]]
+        return torch.cat(outs, 1)[:, inverse]
+
+    def _bank(self, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
+        w = self.table
+        T, K = w.shape
+        B = xs[0].shape[1]
+        if self.op in ops.LINEAR_IN_PARAMS and B * K < T * K + B:
+            E = xs[0].shape[0]
+            folded = [x.unsqueeze(1).expand(E, K, *x.shape[1:]).reshape(E * K, *x.shape[1:]) for x in xs]
+            out = self.fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
+            return torch.einsum("ekbo,bk->ebo", out.view(E, K, *out.shape[1:]), w[layout.task])
+        composed = {k: torch.einsum("tk,ek...->et...", w, v) for k, v in p.items()}
+        return self._per_task(composed, xs, layout)

@@ -1,0 +1,203 @@
+"""The op library in torch, each op written once for an ensemble of parameter sets.
+
+Every parametric op is a function `f(p, *xs)` where each parameter in `p` has a leading ensemble
+dimension E and each input is `[E, B, features]` with the same E (the caller broadcasts). One form serves every sharing mode:
+twin critics are E = 2; a task-major batch folds the T tasks into the ensemble (`[E*T, B/T, ...]`,
+so a per-task linear is one batched matmul); bank(K) either composes per-task parameters first or
+folds the K copies into the ensemble and mixes their outputs.
+
+`param_shapes` gives each op's parameters (shape of one copy, init); `graphnet.ops` counts the same
+parameters without torch, and the tests hold the two equal.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# (shape of one copy, init, fan_in): init is "uniform" (PyTorch's Linear default, bound 1/sqrt(fan_in)),
+# "zeros", "ones", "normal" or "eye"
+Shape = tuple[tuple[int, ...], str, int]
+
+
+def _linear_shapes(fan_in: int, out: int, bias: bool = True, prefix: str = "") -> dict[str, Shape]:
+    shapes = {f"{prefix}weight": ((fan_in, out), "uniform", fan_in)}
+    if bias:
+        shapes[f"{prefix}bias"] = ((out,), "uniform", fan_in)
+    return shapes
+
+
+def param_shapes(op: str, attrs: dict, widths: list[int]) -> dict[str, Shape]:
+    """Parameters of one copy of an op, given its attributes and input widths."""
+    if op == "linear":
+        shapes = _linear_shapes(widths[0], attrs["out"], attrs["bias"])
+        if attrs["init"] == "zero":
+            shapes = {k: (s, "zeros", f) for k, (s, _, f) in shapes.items()}
+        return shapes
+    if op == "layernorm":
+        return {"scale": ((widths[0],), "ones", 1), "shift": ((widths[0],), "zeros", 1)}
+    if op == "embed":
+        return {"table": ((attrs["out"],), "normal", 1)}
+    if op == "combine":
+        n = widths[0]
+        return {"sum": {"alpha": ((), "ones", 1), "beta": ((), "ones", 1)},
+                "proj": _linear_shapes(2 * n, n, bias=False),
+                "gate": _linear_shapes(2 * n, n)}.get(attrs["kind"], {})
+    if op == "film":
+        h, z = widths
+        return {**_linear_shapes(z, h, prefix="gamma_"), **_linear_shapes(z, h, prefix="beta_")}
+    if op == "affine":
+        h, z = widths
+        return {"matrix_weight": ((z, h * h), "zeros", z), "matrix_bias": ((h * h,), "eye", h),
+                **_linear_shapes(z, h, prefix="shift_")}
+    if op == "router":
+        L, M, hid = attrs["layers"], attrs["modules"], attrs["hidden"]
+        shapes = _linear_shapes(widths[0], hid, prefix="gate_")
+        if L == 1:
+            return {**shapes, **_linear_shapes(hid, M, prefix="head1_")}
+        shapes.update(_linear_shapes(hid, M * M, prefix="head1_"))
+        for l in range(2, L + 1):
+            shapes.update(_linear_shapes((l - 1) * M * M, hid, prefix=f"cond{l}_"))
+            shapes.update(_linear_shapes(hid, M * M if l < L else M, prefix=f"head{l}_"))
+        return shapes
+    if op == "modular":
+        L, M, W = attrs["layers"], attrs["modules"], attrs["width"]
+        shapes = {"weight1": ((M, widths[0], W), "uniform", widths[0]), "bias1": ((M, W), "uniform", widths[0])}
+        for l in range(2, L + 1):
+            shapes.update({f"weight{l}": ((M, W, W), "uniform", W), f"bias{l}": ((M, W), "uniform", W)})
+        return shapes
+    if op == "mixture":
+        k, W = attrs["experts"], attrs["width"]
+        shapes = {"weight1": ((k, widths[0], W), "uniform", widths[0]), "bias1": ((k, W), "uniform", widths[0])}
+        for l in range(2, attrs["layers"] + 1):
+            shapes.update({f"weight{l}": ((k, W, W), "uniform", W), f"bias{l}": ((k, W), "uniform", W)})
+        return shapes
+    raise KeyError(op)
+
+
+def init_(t: Tensor, init: str, fan_in: int) -> None:
+    """Fill one copy of a parameter in place."""
+    with torch.no_grad():
+        if init == "uniform":
+            bound = 1 / math.sqrt(fan_in)
+            t.uniform_(-bound, bound)
+        elif init == "zeros":
+            t.zero_()
+        elif init == "ones":
+            t.fill_(1.0)
+        elif init == "normal":
+            t.normal_()
+        elif init == "eye":
+            t.copy_(torch.eye(fan_in, dtype=t.dtype).flatten())
+        else:
+            raise KeyError(init)
+
+
+# --------------------------------------------------------------------------------------------- ops
+def _lin(p: dict[str, Tensor], x: Tensor, prefix: str = "") -> Tensor:
+    """[E, B, in] @ [E, in, out] (+ [E, out])."""
+    w, b = p[f"{prefix}weight"], p.get(f"{prefix}bias")
+    return torch.baddbmm(b.unsqueeze(1), x, w) if b is not None else torch.bmm(x, w)
+
+
+def linear(p, x, **_):
+    return _lin(p, x)
+
+
+def layernorm(p, x, **_):
+    return F.layer_norm(x, x.shape[-1:]) * p["scale"].unsqueeze(1) + p["shift"].unsqueeze(1)
+
+
+def combine(p, a, b, kind: str, **_):
+    if kind == "none":
+        return a
+    if kind == "add":
+        return a + b
+    if kind == "concat":
+        return cat([a, b])
+    if kind == "sum":
+        return p["alpha"].view(-1, 1, 1) * a + p["beta"].view(-1, 1, 1) * b
+    if kind == "proj":
+        return _lin(p, cat([a, b]))
+    s = torch.sigmoid(_lin(p, cat([a, b])))  # gate
+    return s * a + (1 - s) * b
+
+
+def film(p, h, z, **_):
+    return _lin(p, z, "gamma_") * h + _lin(p, z, "beta_")
+
+
+def affine(p, h, z, **_):
+    shift = _lin(p, z, "shift_")
+    E, B, n = shift.shape
+    m = _lin(p, z, "matrix_").view(E, B, n, n)
+    return (m @ h.unsqueeze(-1)).squeeze(-1) + shift
+
+
+def router(p, e, layers: int, modules: int, **_):
+    """Soft Modularization's routing: p^1 = softmax(lin(relu(g))), later p^l from the earlier routings
+    times the gating embedding g = lin(e); the last layer gives the M-way output weights."""
+    L, M = layers, modules
+    g = _lin(p, e, "gate_")
+    if L == 1:
+        return torch.softmax(_lin(p, F.relu(g), "head1_"), -1)
+    probs = [_softmax_rows(_lin(p, F.relu(g), "head1_"), M)]
+    for l in range(2, L + 1):
+        c = _lin(p, torch.cat(probs, -1), f"cond{l}_")
+        logits = _lin(p, F.relu(c * g), f"head{l}_")
+        probs.append(_softmax_rows(logits, M) if l < L else torch.softmax(logits, -1))
+    return torch.cat(probs, -1)
+
+
+def _softmax_rows(logits: Tensor, M: int) -> Tensor:
+    """An M x M routing matrix per sample, each row (target module) a softmax over source modules."""
+    return torch.softmax(logits.view(*logits.shape[:-1], M, M), -1).flatten(-2)
+
+
+def modular(p, f, r, layers: int, modules: int, **_):
+    """Module j of layer l+1 reads relu(sum_i p^l[j, i] out_i^l); the output is relu(sum_j p[j] out_j^L)."""
+    L, M = layers, modules
+    E, B = r.shape[0], r.shape[1]
+    out = torch.einsum("ebf,emfw->embw", f, p["weight1"]) + p["bias1"].unsqueeze(2)
+    for l in range(2, L + 1):
+        route = r[..., (l - 2) * M * M:(l - 1) * M * M].view(E, B, M, M)
+        mixed = F.relu(torch.einsum("ebji,eibw->ejbw", route, out))
+        out = torch.einsum("ejbw,ejwv->ejbv", mixed, p[f"weight{l}"]) + p[f"bias{l}"].unsqueeze(2)
+    final = r[..., (L - 1) * M * M:]
+    return F.relu(torch.einsum("ebj,ejbw->ebw", final, out))
+
+
+def mixture(p, x, a, experts: int, width: int, layers: int, **_):
+    """CARE: k expert MLPs of x, weighted by the attention a (one weight per expert)."""
+    h = torch.einsum("ebi,ekiw->ekbw", x, p["weight1"]) + p["bias1"].unsqueeze(2)
+    for l in range(2, layers + 1):
+        h = torch.einsum("ekbw,ekwv->ekbv", F.relu(h), p[f"weight{l}"]) + p[f"bias{l}"].unsqueeze(2)
+    return torch.einsum("ebk,ekbw->ebw", a, h)
+
+
+# ops whose output is linear in their parameters: for these, mixing the outputs of a bank's K copies
+# equals composing the parameters first, so bank(K) may take whichever is cheaper
+LINEAR_IN_PARAMS = {"linear", "layernorm", "film", "affine"}
+
+PARAMETRIC: dict[str, Callable] = {"linear": linear, "layernorm": layernorm, "combine": combine, "film": film,
+                                   "affine": affine, "router": router, "modular": modular, "mixture": mixture}
+
+
+def cat(xs: list[Tensor]) -> Tensor:
+    """Concatenate features, broadcasting the ensemble dimension."""
+    E = max(x.shape[0] for x in xs)
+    return torch.cat([x.expand(E, *x.shape[1:]) for x in xs], -1)
+
+
+def scale(x: Tensor, factor: float) -> Tensor:
+    return x * factor
+
+
+STATELESS: dict[str, Callable] = {
+    "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu, "elu": F.elu,
+    "softmax": lambda x: torch.softmax(x, -1), "detach": torch.Tensor.detach,
+    "add": torch.add, "sub": torch.sub, "mul": torch.mul,
+}
