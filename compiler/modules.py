@@ -74,8 +74,8 @@ class ParamOp(nn.Module):
         E = max(max(x.shape[0] for x in xs), next(iter(p.values())).shape[0]) if p else max(x.shape[0] for x in xs)
         xs = tuple(x.expand(E, *x.shape[1:]) for x in xs)
         p = {k: v.expand(E, *v.shape[1:]) for k, v in p.items()}
-        if self.sharing == "shared":
-            return self.fn({k: v[:, 0] for k, v in p.items()}, *xs, **self.attrs)
+        if self.sharing == "shared":  # squeeze, not [:, 0]: a view whose backward writes no zeros
+            return self.fn({k: v.squeeze(1) for k, v in p.items()}, *xs, **self.attrs)
         if self.sharing == "task":
             return self._per_task(p, xs, layout)
         return self._bank(p, xs, layout)
@@ -101,5 +101,6 @@ class ParamOp(nn.Module):
             folded = [x.unsqueeze(1).expand(E, K, *x.shape[1:]).reshape(E * K, *x.shape[1:]) for x in xs]
             out = self.fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
             return torch.einsum("ekbo,bk->ebo", out.view(E, K, *out.shape[1:]), w[layout.task])
-        composed = {k: torch.einsum("tk,ek...->et...", w, v) for k, v in p.items()}
+        # [T, K] @ [E, K, P] -> [E, T, P]: lands in the task path's layout with no permute copy
+        composed = {k: torch.matmul(w, v.flatten(2)).view(v.shape[0], T, *v.shape[2:]) for k, v in p.items()}
         return self._per_task(composed, xs, layout)

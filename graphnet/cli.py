@@ -95,6 +95,43 @@ def cmd_show(args) -> int:
     return 0
 
 
+def cmd_compile(args) -> int:
+    import torch
+    from .compiler import build
+    spec = _load(args)
+    g = spec.graph_for(obs=args.obs, act=args.act, tasks=args.tasks)
+    reads_meta = any(n.op == "meta" for n in nodes(g))
+    nets = build(spec, args.obs, args.act, args.tasks, device="cpu",
+                 task_metadata=torch.zeros(args.tasks, 768) if reads_meta else None)
+    for role, net in (("actor", nets.actor), ("critic", nets.critic)):
+        count = sum(p.numel() for p in net.parameters())
+        print(f"{role} trunk: {count:,} parameters" + (" (2 stacked twins)" if role == "critic" else ""))
+        if args.print_code:
+            print(net.trunk.graph_module.code)
+    print(f"agent: {sum(p.numel() for p in nets.parameters()):,} parameters "
+          f"(graphnet params: {spec.params(obs=args.obs, act=args.act, tasks=args.tasks).total:,})")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .compiler.bench import bench
+    spec = _load(args)
+    result = bench(spec, args.obs, args.act, args.tasks, args.batch_per_task, device=args.device,
+                   compile=args.compile)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    print(f"{spec.path}: actor + twin critics, forward + backward, {result['tasks']} tasks x "
+          f"{args.batch_per_task} samples on {result['device']}")
+    print(f"  compiled          {result['compiled_ms']:10.1f} ms")
+    print(f"  dense equivalent  {result['dense_equiv_ms']:10.1f} ms   compiled / dense = "
+          f"{result['compiled_vs_dense']:.2f}x")
+    print(f"  reference         {result['reference_ms']:10.1f} ms   reference / compiled = "
+          f"{result['reference_vs_compiled']:.0f}x (scaled from 1 sample per task)")
+    print(f"  ~{result['flops'] / 1e9:.1f} GFLOP per step")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="graphnet", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +148,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     _env_args(p)
     p.set_defaults(fn=cmd_show)
+    p = sub.add_parser("compile", help="build the torch networks; --print-code shows the generated fx code")
+    p.add_argument("spec", metavar="SPEC")
+    _env_args(p)
+    p.add_argument("--print-code", action="store_true", help="print each trunk's generated forward()")
+    p.set_defaults(fn=cmd_compile)
+    p = sub.add_parser("bench", help="time compiled vs reference vs a dense MLP of the same per-sample size")
+    p.add_argument("spec", metavar="SPEC")
+    _env_args(p)
+    p.add_argument("--batch-per-task", type=int, default=128, help="samples per task (default 128)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the trunks")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(fn=cmd_bench)
     return parser
 
 

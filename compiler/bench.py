@@ -1,0 +1,89 @@
+"""`graphnet bench`: compiled networks vs the reference interpreter vs a dense MLP doing the same
+per-sample work, timed side by side in one run (ratios matter; absolute times only on a quiet machine)."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .._spec import Spec
+from ..ir import nodes
+from .build import build
+from .reference import reference_trunk
+
+
+def dense_mlp(inp: int, out: int, params: int) -> nn.Sequential:
+    """3 hidden layers of one width, the widest with at most `params` parameters."""
+    w = 8
+    while (inp + 1) * (w + 1) + 2 * (w + 2) * (w + 1) + (w + 2) * out <= params:
+        w += 1
+    return nn.Sequential(nn.Linear(inp, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(),
+                         nn.Linear(w, out))
+
+
+def median_seconds(fn: Callable[[], None], reps: int) -> float:
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batch_per_task: int = 128,
+          reps: int = 10, reference_per_task: int = 1, device: str = "cpu", compile: bool = False) -> dict:
+    """Actor + twin-critic forward and backward at a task-major batch. The reference interpreter runs
+    `reference_per_task` samples per task and is scaled to the full batch (it is linear in samples)."""
+    torch.manual_seed(0)
+    reads_meta = any(node.op == "meta" for node in nodes(spec.graph_for(obs_dim, act_dim, tasks)))
+    meta = torch.randn(tasks, 768) if reads_meta else None  # stand-in description embeddings
+    report = spec.params(obs=obs_dim, act=act_dim, tasks=tasks)
+    nets = build(spec, obs_dim, act_dim, tasks, device=device, compile=compile, task_metadata=meta)
+    n = tasks * batch_per_task
+    obs, act = torch.randn(n, obs_dim, device=device), torch.rand(n, act_dim, device=device) * 2 - 1
+    task = torch.arange(tasks, device=device).repeat_interleave(batch_per_task)
+    actor_net = dense_mlp(obs_dim, 2 * act_dim, report.per_task["actor"]).to(device)
+    critic_net = dense_mlp(obs_dim + act_dim, 1, report.per_task["critic"] // 2).to(device)
+
+    def sync():
+        if str(device).startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def compiled():
+        nets.zero_grad(set_to_none=True)
+        q1, q2 = nets.critic.trunk(obs, task, act, True)
+        loss = nets.actor.trunk(obs, task, task_major=True).square().mean() + q1.square().mean() + q2.square().mean()
+        loss.backward()
+        sync()
+
+    def dense():
+        actor_net.zero_grad(set_to_none=True)
+        critic_net.zero_grad(set_to_none=True)
+        x = torch.cat([obs, act], 1)
+        (actor_net(obs).square().mean() + critic_net(x).square().mean() + critic_net(x).square().mean()).backward()
+        sync()
+
+    few = torch.arange(tasks, device=device).repeat_interleave(reference_per_task)
+    picked = torch.cat([torch.arange(t * batch_per_task, t * batch_per_task + reference_per_task)
+                        for t in range(tasks)]).to(device)
+
+    def reference():
+        nets.zero_grad(set_to_none=True)
+        a = reference_trunk(nets, "actor", obs[picked], few)
+        q = reference_trunk(nets, "critic", obs[picked], few, act[picked])
+        (a.square().mean() + q.square().mean()).backward()
+
+    t_compiled, t_dense = [], []
+    for _ in range(3):  # interleaved, so both see the same machine
+        t_compiled.append(median_seconds(compiled, reps))
+        t_dense.append(median_seconds(dense, reps))
+    t_ref = median_seconds(reference, 1) * batch_per_task / reference_per_task
+    c, d = sorted(t_compiled)[1], sorted(t_dense)[1]
+    per_sample = report.per_task["actor"] + report.per_task["critic"]
+    return {"spec": spec.path, "tasks": tasks, "batch": n, "device": str(device), "compiled_ms": c * 1e3,
+            "reference_ms": t_ref * 1e3, "dense_equiv_ms": d * 1e3, "compiled_vs_dense": c / d,
+            "reference_vs_compiled": t_ref / c, "flops": 6 * per_sample * n}
