@@ -102,5 +102,6 @@ class ParamOp(nn.Module):
             out = self.fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
             return torch.einsum("ekbo,bk->ebo", out.view(E, K, *out.shape[1:]), w[layout.task])
         # [T, K] @ [E, K, P] -> [E, T, P]: lands in the task path's layout with no permute copy
-        composed = {k: torch.matmul(w, v.flatten(2)).view(v.shape[0], T, *v.shape[2:]) for k, v in p.items()}
+        composed = {k: torch.matmul(w, v.reshape(*v.shape[:2], -1)).view(v.shape[0], T, *v.shape[2:])
+                    for k, v in p.items()}
         return self._per_task(composed, xs, layout)

@@ -196,8 +196,16 @@ def scale(x: Tensor, factor: float) -> Tensor:
     return x * factor
 
 
+def softmax(x: Tensor) -> Tensor:
+    return torch.softmax(x, -1)
+
+
+def detach(x: Tensor) -> Tensor:
+    return x.detach()
+
+
 STATELESS: dict[str, Callable] = {
     "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu, "elu": F.elu,
-    "softmax": lambda x: torch.softmax(x, -1), "detach": torch.Tensor.detach,
+    "softmax": softmax, "detach": detach,
     "add": torch.add, "sub": torch.sub, "mul": torch.mul,
 }

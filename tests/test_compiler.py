@@ -1,0 +1,310 @@
+"""The compiler (graphnet.compiler) against the reference interpreter, the accounting and PaCo's paper.
+
+Every library spec is built at small sizes (OBS = 6, ACT = 2, T = 3 tasks) in float64, with its
+parameters re-drawn at random so that zero-initialised layers (PTSL's up projections) and identical
+bank copies (PaCo's Phi) take part. Checked:
+
+- actor and critic trunk outputs, and the gradients of every parameter under a random linear loss
+  of those outputs, equal `reference_trunk`'s, on task-major batches (the fast path: tasks folded
+  into the ensemble dimension) and on shuffled and uneven ones (the general path: samples sorted
+  by task, one task with no sample at all); bank specs at batch sizes that take both of
+  `ParamOp._bank`'s strategies (mix the K copies' outputs, or compose theta_t = Phi w_t first), and
+  bank(K) over the other library trunks (FiLM, D-Grad's affine, Soft Modularization, PTSL's combine);
+- the fast path and the general path agree on the same samples;
+- the networks hold exactly the parameters `graphnet params` counts, and the target critic trains
+  only what it shares with the live critic;
+- PaCo's special cases (Sun et al. 2022, section 4.3): K = 1 is one shared network, one-hot w with
+  K = T is T independent networks, and bank output layers with one-hot w are a multi-head network;
+- each trunk is a readable torch.fx GraphModule that names the spec's labels.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+import graphnet
+from graphnet.compiler import AgentNets, build, reference_trunk
+from graphnet.compiler.lower import trunk_nodes
+from graphnet.compiler.modules import TaskLayout
+
+OBS, ACT, T, META = 6, 2, 3, 12
+TIGHT = dict(rtol=1e-9, atol=1e-9)        # float64: only summation order differs
+REBATCHED = dict(rtol=1e-12, atol=1e-12)  # the same arithmetic, batched differently
+
+# (spec, overrides): two or more small settings per library spec
+SETTINGS = [
+    ("mtsac", dict(H=16, N=2)),
+    ("mtsac", dict(H=8, N=3)),
+    ("mhsac", dict(H=16, N=2)),
+    ("mhsac", dict(H=8, N=1)),
+    ("film", dict(H=16, N=2)),
+    ("film", dict(H=8, N=1)),
+    ("dgrad_a", dict(H=8, N=2)),
+    ("dgrad_a", dict(H=4, N=1)),
+    ("softmod", dict(L=1, M=2, W=4, G=8, E=8)),
+    ("softmod", dict(L=2, M=3, W=4, G=8, E=8)),
+    ("softmod", dict(L=3, M=2, W=4, G=6, E=8)),
+    ("care", dict(ctx="learned", K=2, E=4, Z=4, H=16, N=2)),
+    ("care", dict(ctx="meta", K=3, E=4, Z=3, H=8, N=1)),
+    ("ptsl", dict(H=16, D=4, N=2, g="none")),
+    ("ptsl", dict(H=16, D=4, N=2, g="add", proj="independent")),
+    ("ptsl", dict(H=8, D=4, N=3, g="sum", first="direct")),
+    ("ptsl", dict(H=8, D=3, N=2, g="proj", proj="independent", first="direct")),
+    ("care_ptsl", dict(H=16, D=4, N=2, K=2, E=4, Z=4, g="proj")),
+    ("care_ptsl", dict(H=8, D=3, N=1, K=2, E=4, Z=3, g="sum", proj="independent", ctx="meta")),
+    ("paco", dict(variant="ac_shared", K=2, H=16, N=2)),
+    ("paco", dict(variant="actor_only", K=3, H=8, N=2, w_init="onehot")),
+    ("paco", dict(variant="output_only", K=2, H=16, N=1)),
+    ("shared_unique", dict(K=2, H=16, N=2, U=4, UH=8)),
+    ("shared_unique", dict(K=3, H=8, N=1, U=3, UH=6)),
+    ("taco", dict(K=2, H=16, N=2)),
+    ("taco", dict(K=3, H=8, N=1)),
+]
+BANK_SPECS = {"paco", "shared_unique", "taco"}
+
+# task ids of a batch; "major" ones take the fast path, the others the general path
+BATCHES = {
+    "major-1": torch.arange(T),                                      # one sample per task
+    "major-4": torch.arange(T).repeat_interleave(4),
+    "shuffled": torch.arange(T).repeat_interleave(3)[torch.randperm(3 * T, generator=torch.Generator().manual_seed(0))],
+    "uneven": torch.tensor([2, 0, 2, 2]),                            # task 1 has no sample
+    "sparse": torch.tensor([1, 1, 0, 1, 1, 0, 1, 1, 1, 1, 1]),       # task 2 has no sample
+}
+
+# the names each spec assigns in its trunks (block-internal names win over the caller's)
+LABELS = {"mtsac": {"h", "out"}, "mhsac": {"h", "out"}, "film": {"z", "h", "out"}, "dgrad_a": {"z", "h", "out"},
+          "softmod": {"f", "z", "h", "out"}, "care": {"h", "out"}, "ptsl": {"y", "h", "out"},
+          "care_ptsl": {"y", "h", "out"}, "paco": {"h", "out"}, "shared_unique": {"h", "out"},
+          "taco": {"h", "out"}}
+TRACING_ARTEFACTS = ("getattr_", "getitem", "_tensor_constant")
+
+
+def settings(per_spec: int | None = None) -> list:
+    """SETTINGS as pytest params, optionally only the first `per_spec` settings of each spec."""
+    chosen, seen = [], {}
+    for name, overrides in SETTINGS:
+        seen[name] = seen.get(name, 0) + 1
+        if per_spec is None or seen[name] <= per_spec:
+            label = ",".join(f"{k}={v}" for k, v in overrides.items())
+            chosen.append(pytest.param(name, overrides, id=f"{name}[{label}]"))
+    return chosen
+
+
+@pytest.fixture(autouse=True)
+def float64():
+    """Every test in float64 from a fixed seed; the default dtype and the global RNG are restored after."""
+    dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        yield
+    torch.set_default_dtype(dtype)
+
+
+# ----------------------------------------------------------------------------------------- helpers
+def load(name: str, obs: int = OBS, act: int = ACT, tasks: int = T, **overrides) -> graphnet.Spec:
+    """A library spec, checked at these sizes (a one-hot bank needs K = tasks)."""
+    return graphnet.load(name, graphnet.Sizes(obs=obs, act=act, tasks=tasks, meta=META), **overrides)
+
+
+def make(name: str, obs: int = OBS, act: int = ACT, tasks: int = T, **overrides) -> AgentNets:
+    """Build a library spec on the CPU, with random task metadata where it reads meta(task)."""
+    meta = torch.randn(tasks, META) if overrides.get("ctx") == "meta" else None
+    return build(load(name, obs, act, tasks, **overrides), obs, act, tasks, device="cpu", task_metadata=meta)
+
+
+def randomize(nets: AgentNets) -> AgentNets:
+    """Re-draw every parameter (bank copies, zero-initialised layers, w), so that none is trivially equal."""
+    with torch.no_grad():
+        for p in nets.parameters():
+            p.copy_(0.5 * torch.randn_like(p))
+    return nets
+
+
+def batch(task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return torch.randn(len(task), OBS), torch.randn(len(task), ACT), task
+
+
+def compiled(nets: AgentNets, obs, act, task, task_major: bool | None = None) -> list[torch.Tensor]:
+    """Actor and critic trunk outputs, `[E, B, out]` each."""
+    return [nets.actor.trunk(obs, task, task_major=task_major), nets.critic.trunk(obs, task, act, task_major)]
+
+
+def reference(nets: AgentNets, obs, act, task) -> list[torch.Tensor]:
+    return [reference_trunk(nets, "actor", obs, task), reference_trunk(nets, "critic", obs, task, act)]
+
+
+def gradients(nets: AgentNets, outputs: list[torch.Tensor], weights: list[torch.Tensor]) -> list[torch.Tensor]:
+    """d(sum of weights * outputs)/d(parameter) for every parameter; zeros where it does not reach."""
+    params = list(nets.parameters())
+    for p in params:
+        p.grad = None
+    sum((o * w).sum() for o, w in zip(outputs, weights)).backward()
+    return [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+
+
+def bank_mixes(size: int, k: int) -> bool:
+    """ParamOp._bank's choice for an op linear in its parameters: mix the K copies' outputs (True)
+    when that costs fewer multiply-adds than composing theta_t = Phi w_t first (False)."""
+    return size * k < T * k + size
+
+
+def copy_modules(src: AgentNets, dst: AgentNets, pick: int = 0) -> None:
+    """Copy src's module parameters into dst's, module by module in build order (the two specs have
+    the same layers); where src holds more copies than dst (a bank into a shared layer), copy `pick`."""
+    with torch.no_grad():
+        for s, d in zip(src.op_modules.values(), dst.op_modules.values(), strict=True):
+            assert (s.op, list(s.params)) == (d.op, list(d.params))
+            for key, p in d.params.items():
+                q = s.params[key]
+                p.copy_(q if q.shape == p.shape else q[:, pick:pick + 1])
+
+
+# ----------------------------------------------------------------------------- compiled == reference
+def test_batches_take_the_intended_paths():
+    """The batches below cover the fast and the general path, empty tasks, and both bank strategies."""
+    for name, task in BATCHES.items():
+        assert TaskLayout.is_major(task, T) == name.startswith("major"), name
+    general = [task for name, task in BATCHES.items() if not name.startswith("major")]
+    assert any((torch.bincount(task, minlength=T) == 0).any() for task in general)
+    for name, overrides in SETTINGS:
+        if name in BANK_SPECS:
+            for major in (True, False):
+                sizes = [len(task) for key, task in BATCHES.items() if key.startswith("major") == major]
+                assert {bank_mixes(size, overrides["K"]) for size in sizes} == {True, False}, (name, overrides)
+
+
+def assert_matches_reference(nets: AgentNets, task: torch.Tensor) -> None:
+    """Trunk outputs, and every parameter's gradient under a random linear loss of them, equal the reference's."""
+    obs, act, task = batch(task)
+    outputs = compiled(nets, obs, act, task)
+    expected = reference(nets, obs, act, task)
+    for out, ref in zip(outputs, expected):
+        torch.testing.assert_close(out, ref, **TIGHT)
+    weights = [torch.randn_like(o) for o in outputs]
+    for ours, theirs, (key, _) in zip(gradients(nets, outputs, weights), gradients(nets, expected, weights),
+                                      nets.named_parameters()):
+        torch.testing.assert_close(ours, theirs, **TIGHT, msg=lambda m: f"{key}: {m}")
+
+
+@pytest.mark.parametrize("batch_name", BATCHES)
+@pytest.mark.parametrize("name, overrides", settings())
+def test_outputs_and_gradients_match_reference(name, overrides, batch_name):
+    assert_matches_reference(randomize(make(name, **overrides)), BATCHES[batch_name])
+
+
+# bank(K) over other library trunks: every parametric op composed per task, beside PTSL's task layers
+BANKED = [("film", dict(H=8, N=2)), ("dgrad_a", dict(H=4, N=2)), ("softmod", dict(L=2, M=2, W=4, G=6, E=8)),
+          ("ptsl", dict(H=8, D=3, N=2, g="sum")), ("ptsl", dict(H=8, D=3, N=2, g="proj"))]
+
+
+@pytest.mark.parametrize("batch_name", BATCHES)
+@pytest.mark.parametrize("name, overrides", BANKED, ids=[f"{n}[g={o['g']}]" if "g" in o else n for n, o in BANKED])
+def test_bank_over_every_op_matches_reference(tmp_path, name, overrides, batch_name):
+    spec = tmp_path / f"banked_{name}.gn"
+    spec.write_text(f"import {name}\nparam K = 2\nagent {{\n  actor = bank(K) {name}.trunk(obs)\n"
+                    f"  critic = bank(K) {name}.trunk(concat(obs, act))\n}}\n")
+    assert_matches_reference(randomize(make(str(spec), **overrides)), BATCHES[batch_name])
+
+
+# --------------------------------------------------------------------------- fast path == general path
+@pytest.mark.parametrize("name, overrides", settings())
+def test_fast_path_equals_general_path(name, overrides):
+    nets = randomize(make(name, **overrides))
+    obs, act, task = batch(BATCHES["major-4"])
+    perm = torch.randperm(len(task))
+    assert TaskLayout.is_major(task, T) and not TaskLayout.is_major(task[perm], T)
+    fast = compiled(nets, obs, act, task)
+    same_order = compiled(nets, obs, act, task, task_major=False)
+    shuffled = compiled(nets, obs[perm], act[perm], task[perm])
+    for f, g, s in zip(fast, same_order, shuffled):
+        torch.testing.assert_close(g, f, **REBATCHED)
+        torch.testing.assert_close(s, f[:, perm], **REBATCHED)
+
+
+# ------------------------------------------------------------------------------------ parameter counts
+@pytest.mark.parametrize("name, overrides", settings(per_spec=2))
+def test_parameters_are_those_counted(name, overrides):
+    nets = make(name, **overrides)
+    report = load(name, **overrides).params(OBS, ACT, T, meta=META)
+    assert sum(p.numel() for p in nets.parameters()) == report.total
+
+
+@pytest.mark.parametrize("name", graphnet.library_names())
+def test_parameters_are_those_counted_at_paper_sizes(name):
+    overrides = {"ctx": "meta"} if name.startswith("care") else {}
+    nets = make(name, obs=39, act=4, tasks=10, **overrides)
+    report = load(name, 39, 4, 10, **overrides).params(39, 4, 10, meta=META)
+    assert sum(p.numel() for p in nets.parameters()) == report.total
+
+
+@pytest.mark.parametrize("name, overrides", settings(per_spec=2))
+def test_target_critic_trains_only_what_it_shares(name, overrides):
+    nets = make(name, **overrides)
+    live = {id(p) for p in nets.critic.parameters()}
+    for key, p in nets.critic_target.named_parameters():
+        assert p.requires_grad == (id(p) in live), key
+    assert all(p.requires_grad for p in nets.critic.parameters())
+    bank_ops = [m for m in nets.critic_target.modules() if getattr(m, "sharing", None) == "bank"]
+    assert all(m.table is nets.bank_table for m in bank_ops)
+    obs, act, task = batch(BATCHES["shuffled"])
+    for live_q, target_q in zip(nets.critic(obs, act, task), nets.critic_target(obs, act, task)):
+        torch.testing.assert_close(target_q, live_q, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------- PaCo's special cases (section 4.3)
+def agree(a: AgentNets, b: AgentNets, task: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+    """The actors' (mean, log_std) and the critics' (q1, q2) agree on a batch (on `rows` of it)."""
+    obs, act, _ = batch(task)
+    rows = torch.ones(len(task), dtype=torch.bool) if rows is None else rows
+    for x, y in zip([*a.actor(obs, task), *a.critic(obs, act, task)], [*b.actor(obs, task), *b.critic(obs, act, task)]):
+        torch.testing.assert_close(x[rows], y[rows], **TIGHT)
+
+
+@pytest.mark.parametrize("batch_name", ["major-1", "shuffled"])
+def test_paco_with_one_copy_is_a_shared_network(batch_name):
+    paco = randomize(make("paco", K=1, H=16, N=2))
+    with torch.no_grad():
+        paco.bank_table.fill_(1.0)
+    mtsac = make("mtsac", H=16, N=2)
+    copy_modules(paco, mtsac)
+    agree(paco, mtsac, BATCHES[batch_name])
+
+
+@pytest.mark.parametrize("batch_name", ["major-1", "shuffled"])
+def test_paco_with_onehot_w_is_independent_networks(batch_name):
+    paco = make("paco", K=T, w_init="onehot", H=16, N=2)
+    assert torch.equal(paco.bank_table, torch.eye(T))
+    randomize(paco)
+    with torch.no_grad():
+        paco.bank_table.copy_(torch.eye(T))
+    task = BATCHES[batch_name]
+    for t in range(T):
+        single = make("mtsac", H=16, N=2)
+        copy_modules(paco, single, pick=t)
+        agree(paco, single, task, rows=task == t)
+
+
+@pytest.mark.parametrize("batch_name", ["major-1", "shuffled"])
+def test_paco_output_layers_with_onehot_w_are_multi_head(batch_name):
+    paco = randomize(make("paco", variant="output_only", K=T, H=16, N=2))
+    with torch.no_grad():
+        paco.bank_table.copy_(torch.eye(T))
+    mhsac = make("mhsac", H=16, N=2)
+    copy_modules(paco, mhsac)
+    agree(paco, mhsac, BATCHES[batch_name])
+
+
+# -------------------------------------------------------------------------------------------- torch.fx
+@pytest.mark.parametrize("name, overrides", settings(per_spec=1))
+def test_graph_modules_are_readable(name, overrides):
+    nets = make(name, **overrides)
+    for role, trunk in (("actor", nets.actor.trunk), ("critic", nets.critic.trunk)):
+        gm = trunk.graph_module
+        assert isinstance(gm, torch.fx.GraphModule)
+        assigned = set(re.findall(r"^\s*(\w+?)(?:_\d+)? = ", gm.code, re.MULTILINE))
+        labels = {n.label for n in trunk_nodes(nets.graph, role) if n.label and n.op not in ("input", "output")}
+        assert LABELS[name] | labels <= assigned, gm.code
+        assert not [a for a in TRACING_ARTEFACTS if a in gm.code], gm.code
