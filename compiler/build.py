@@ -60,12 +60,21 @@ class AgentNets(nn.Module):
     """Everything the agent learns. `parameters()` counts each shared tensor once, as `graphnet params` does."""
 
     def __init__(self, actor: Actor, critic: Critic, critic_target: Critic, log_alpha: nn.Parameter,
-                 bank_table: nn.Parameter | None, graph: nx.DiGraph, op_modules: dict[str, ParamOp]):
+                 bank_table: nn.Parameter | None, graph: nx.DiGraph, op_modules: dict[str, ParamOp],
+                 features: nn.ModuleDict):
         super().__init__()
         self.actor, self.critic, self.critic_target = actor, critic, critic_target
         self.log_alpha, self.bank_table = log_alpha, bank_table
         self.graph = graph                  # the IR the networks were built from
         self.op_modules = op_modules        # IR module id -> its torch parameters (plain dict: not re-registered)
+        self.features = features            # agent-level named features (e.g. shared-unique's u)
+
+    def feature(self, name: str, obs: Tensor, task: Tensor) -> Tensor:
+        """A named agent-level feature of a batch, `[B, width]` (what the triplet loss trains)."""
+        return self.features[name](obs, task)[0]
+
+    def feature_parameters(self, name: str) -> list[nn.Parameter]:
+        return list(self.features[name].parameters())
 
 
 def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | torch.device | None = None,
@@ -94,8 +103,11 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     for p in critic_target.parameters():
         if id(p) not in shared_params:
             p.requires_grad_(False)
+    features = nn.ModuleDict({name: Trunk(lower(g, "feature", op_modules, meta, out=nid), num_tasks, False)
+                              for name, nid in g.graph["features"].items()
+                              if "act" not in g or not nx.has_path(g, "act", nid)})
     log_alpha = nn.Parameter(torch.full((num_tasks,), math.log(spec.train.init_alpha)))
-    nets = AgentNets(actor, critic, critic_target, log_alpha, table, g, op_modules)
+    nets = AgentNets(actor, critic, critic_target, log_alpha, table, g, op_modules, features)
     if compile:
         for trunk in (actor.trunk, critic.trunk, critic_target.trunk):
             trunk.graph_module = torch.compile(trunk.graph_module)

@@ -28,9 +28,8 @@ def features(x: Tensor) -> Tensor:
     return x.unsqueeze(0)
 
 
-def trunk_nodes(g: nx.DiGraph, role: str) -> list[OpNode]:
-    """The nodes that compute one output, in topological order."""
-    out = g.graph["outputs"][role]
+def trunk_nodes(g: nx.DiGraph, out: str) -> list[OpNode]:
+    """The nodes that compute node `out` (an output, or a named feature), in topological order."""
     keep = nx.ancestors(g, out) | {out}
     return [g.nodes[n]["data"] for n in nx.topological_sort(g) if n in keep]
 
@@ -41,8 +40,9 @@ def attr_name(module_id: str) -> str:
     return re.sub(r"\W+", "_", "_".join(parts).replace("=", "")).strip("_") or "module"
 
 
-def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor | None) -> fx.GraphModule:
-    """Build the fx graph of `role`'s trunk: `forward(obs, [act,] layout) -> [E, B, out]`."""
+def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor | None,
+          out: str | None = None) -> fx.GraphModule:
+    """Build the fx graph of `role`'s trunk (or of node `out`): `forward(obs, [act,] layout) -> [E, B, out]`."""
     root = nn.Module()
     graph = fx.Graph()
     names: dict[str, str] = {}
@@ -53,7 +53,8 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
     if meta is not None:
         root.register_buffer("task_metadata", meta)
     values: dict[str, fx.Node] = {}
-    for n in trunk_nodes(g, role):
+    nodes = trunk_nodes(g, out or g.graph["outputs"][role])
+    for n in nodes:
         args = [values[i] for i in n.inputs]
         name = re.sub(r"\W", "_", n.label or n.op)
 
@@ -84,6 +85,8 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
             values[n.id] = emit("call_function", ops.scale, (args[0], n.attrs["factor"]))
         else:
             values[n.id] = emit("call_function", ops.STATELESS[n.op], tuple(args))
+    if nodes[-1].op != "output":  # a feature: its own node is the result
+        graph.output(values[nodes[-1].id])
     graph.lint()
     return fx.GraphModule(root, graph, class_name=f"{role.capitalize()}Trunk")
 

@@ -61,11 +61,7 @@ class ParamOp(nn.Module):
                     else:
                         ops.init_(p[e, c], init, fan_in)
             self.params[name] = nn.Parameter(p)
-        self._table = [bank_table]  # held by the agent, shared by actor and critic: not registered here
-
-    @property
-    def table(self) -> Tensor:
-        return self._table[0]
+        self.table = bank_table  # one tensor shared by every bank module of actor and critic
 
     def forward(self, *xs: Tensor, layout: TaskLayout) -> Tensor:
         p = dict(self.params.items())

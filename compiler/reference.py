@@ -20,7 +20,7 @@ def reference_trunk(nets: AgentNets, role: str, obs: Tensor, task: Tensor, act: 
     ensemble = 2 if role == "critic" else 1
     rows = []
     for e in range(ensemble):
-        rows.append(torch.stack([_sample(nets, trunk_nodes(g, role), e, obs[b], int(task[b]),
+        rows.append(torch.stack([_sample(nets, trunk_nodes(g, g.graph["outputs"][role]), e, obs[b], int(task[b]),
                                          act[b] if act is not None else None) for b in range(obs.shape[0])]))
     return torch.stack(rows)
 
@@ -63,7 +63,7 @@ def _params(nets: AgentNets, module: str, e: int, t: int) -> dict[str, Tensor]:
         elif op.sharing == "task":
             out[name] = p[t]
         else:
-            w = nets.bank_table
+            w = op.table
             out[name] = sum(w[t, k] * p[k] for k in range(p.shape[0]))
     return out
 

@@ -1,0 +1,36 @@
+"""A training run's configuration: one pydantic model, from the CLI and the spec's train section."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+from ..train_config import TrainConfig
+
+
+class RunConfig(BaseModel):
+    """Everything a run needs besides the spec. `--steps` counts environment steps per task."""
+
+    model_config = ConfigDict(extra="forbid")
+    spec: str
+    overrides: dict[str, int | float | bool | str] = {}
+    env: str = "MT10"
+    steps: PositiveInt = 200_000
+    seed: int = 0
+    out: Path
+    eval_every: PositiveInt = 10_000
+    eval_episodes: PositiveInt = 10
+    checkpoint_every: PositiveInt = 50_000
+    save_replay: bool = False
+    warmup: int = Field(1_500, ge=0)      # steps per task of uniform random actions before learning
+    buffer_size: PositiveInt = 1_000_000  # transitions per task kept
+    device: str | None = None             # None: CUDA when present
+    threads: PositiveInt | None = None    # torch CPU threads
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("env")
+    @classmethod
+    def _env_name(cls, v: str) -> str:
+        if v in ("MT10", "MT50") or (v.startswith("MT1:") and len(v) > 4):
+            return v
+        raise ValueError(f"unknown env '{v}': use MT10, MT50 or MT1:<task>, e.g. MT1:reach-v3")

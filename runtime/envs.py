@@ -1,0 +1,74 @@
+"""Meta-World 3 benchmarks as one vector environment with one environment per task.
+
+Episodes last 500 steps in every task, so all environments end an episode together; autoreset is off
+and the loop resets them at episode ends. That is where checkpoints save every environment's random
+state, so a resumed run replays exactly the episodes the uninterrupted run would have seen.
+"""
+from __future__ import annotations
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+
+from ..errors import GraphnetError
+
+EPISODE_STEPS = 500
+
+
+class EnvError(GraphnetError):
+    pass
+
+
+def task_names(env: str) -> list[str]:
+    import metaworld
+    if env.startswith("MT1:"):
+        name = env[4:]
+        known = sorted(metaworld.ALL_V3_ENVIRONMENTS)
+        if name not in known:
+            from ..errors import did_you_mean
+            raise EnvError(f"unknown Meta-World task '{name}'; {did_you_mean(name, known) or 'e.g. reach-v3'}")
+        return [name]
+    return list((metaworld.MT10 if env == "MT10" else metaworld.MT50)().train_classes)
+
+
+class MultiTaskEnv:
+    """`num_tasks` environments stepped together; task i is environment i."""
+
+    def __init__(self, env: str, seed: int):
+        self.names = task_names(env)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if env.startswith("MT1:"):
+                self.vec = gym.make_vec("Meta-World/MT1", env_name=self.names[0], seed=seed,
+                                        vector_strategy="sync", autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+            else:
+                self.vec = gym.make_vec(f"Meta-World/{env}", seed=seed, vector_strategy="sync",
+                                        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+        self.num_tasks = len(self.names)
+        self.obs_dim = int(self.vec.single_observation_space.shape[0])
+        self.act_dim = int(self.vec.single_action_space.shape[0])
+        self.seed = seed
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        obs, _ = self.vec.reset(seed=seed)
+        return obs.astype(np.float32)
+
+    def step(self, action: np.ndarray):
+        """-> next obs, reward, terminated, episode over (all tasks), success."""
+        obs, reward, terminated, truncated, info = self.vec.step(action)
+        done = bool(np.all(terminated | truncated))
+        return obs.astype(np.float32), reward.astype(np.float32), terminated, done, info["success"].astype(bool)
+
+    def random_actions(self, rng: np.random.Generator) -> np.ndarray:
+        return rng.uniform(-1, 1, (self.num_tasks, self.act_dim)).astype(np.float32)
+
+    def get_state(self) -> list:
+        """Every environment's random state (task selection, goals), taken at an episode end."""
+        return list(self.vec.call("get_checkpoint"))
+
+    def set_state(self, state: list) -> None:
+        self.vec.call("load_checkpoint", state)
+
+    def close(self) -> None:
+        self.vec.close()
