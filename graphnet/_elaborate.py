@@ -6,6 +6,7 @@ follow from it).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -92,6 +93,7 @@ class Elaborator:
         self.stack: list[tuple[str, str]] = []
         self.inputs: dict[str, Tensor] = {}
         self.features: dict[str, str] = {}                 # agent-level named features -> node id
+        self.output_pos: dict[str, Pos] = {}
 
     # ----------------------------------------------------------------------------- entry point
     def run(self) -> nx.DiGraph:
@@ -108,7 +110,7 @@ class Elaborator:
                 self.errors.append(SpecError(f"the agent section does not define the {role}", agent.pos,
                                              f"add a line: {role} = <trunk>(...)"))
         if not self.errors:
-            self._check_critic_reads_action(agent.pos)
+            self._check_critic_reads_action(self.output_pos["critic"])
             self._assign_roles_and_prune()
         return self.g
 
@@ -159,6 +161,7 @@ class Elaborator:
                     return
                 out = self.add_node("output", [value], {"role": target}, want, scope, stmt.pos, label=target)
                 self.g.graph["outputs"][target] = out.node
+                self.output_pos[target] = stmt.pos
             elif value is not POISON:
                 self.errors.append(OpError(f"the {target} must be a network output, not {_kind(value)}",
                                            stmt.value.pos))
@@ -254,6 +257,9 @@ class Elaborator:
             return POISON
         if not self._is_number(v):
             return self._not_a(v, what, e, scope)
+        if not math.isfinite(v):
+            self.errors.append(ParamError(f"{what} must be a finite number, got {v}", e.pos, _param_hint(e)))
+            return POISON
         if whole and (v != int(v)):
             self.errors.append(ParamError(f"{what} must be a whole number, got {v}", e.pos))
             return POISON
@@ -373,7 +379,7 @@ class Elaborator:
             if isinstance(arg, A.Kwarg):
                 if arg.name in kw:
                     self.errors.append(OpError(f"argument '{arg.name}' given twice", arg.pos))
-                kw[arg.name] = (self.ev(arg.value, scope), arg.value)
+                kw[arg.name] = (self.ev(arg.value, scope), arg)
             elif isinstance(arg, A.Arrow):
                 if arrow is not None:
                     self.errors.append(OpError("only one '->' per call", arg.pos))
@@ -418,7 +424,7 @@ class Elaborator:
             in_width = None
             if widths:
                 in_width = widths[0][0]
-                if in_width != int(in_width) or in_width < 1:
+                if not math.isfinite(in_width) or in_width != int(in_width) or in_width < 1:
                     self.errors.append(ParamError(f"an input width must be a positive whole number, got "
                                                   f"{in_width}", widths[0][1].pos))
                     return POISON
@@ -432,9 +438,10 @@ class Elaborator:
     def op_attrs(self, op, kw: dict, c: A.Call, scope: Scope) -> Any:
         attrs = dict(op.kwargs)
         ok = True
-        for key, (value, expr) in kw.items():
+        for key, (value, arg) in kw.items():
+            expr = arg.value
             if key not in op.kwargs:
-                self.errors.append(OpError(f"{op.name} has no argument '{key}'", expr.pos,
+                self.errors.append(OpError(f"{op.name} has no argument '{key}'", _span(arg.pos, key),
                                            did_you_mean(key, op.kwargs) or
                                            (f"its arguments: {', '.join(op.kwargs)}" if op.kwargs else None)))
                 ok = False
@@ -457,17 +464,20 @@ class Elaborator:
                     ok = False
                     continue
             elif isinstance(default, int):
-                if not self._is_number(value) or value != int(value) or value < 1:
+                if not self._is_number(value) or not math.isfinite(value) or value != int(value) or value < 1 \
+                        or (key in ("layers", "modules", "experts") and value > MAX_REPEAT):
                     if isinstance(value, Symbol):
                         self._unknown(value, scope)
                     else:
+                        limit = f" at most {MAX_REPEAT}" if key in ("layers", "modules", "experts") else ""
                         self.errors.append(ParamError(f"{op.name}({key} = ...) must be a positive whole "
-                                                      f"number, got {_show(value)}", expr.pos, _param_hint(expr)))
+                                                      f"number{limit}, got {_show(value)}", expr.pos,
+                                                      _param_hint(expr)))
                     ok = False
                     continue
                 value = int(value)
             elif isinstance(default, float):
-                if not self._is_number(value):
+                if not self._is_number(value) or not math.isfinite(value):
                     self._not_a(value, "a number", expr, scope)
                     ok = False
                     continue
@@ -579,8 +589,14 @@ class Elaborator:
             if not isinstance(v, Tensor):
                 return self._not_a(v, "features", e, scope)
             local[name] = v
-        for name, (v, e) in kw.items():
+        for name, (v, arg) in kw.items():
             if v is POISON:
+                return POISON
+            if name not in self.params:
+                self.errors.append(OpError(f"block '{block.name}' has no setting '{name}': keyword arguments of a "
+                                           "block override params", _span(arg.pos, name),
+                                           did_you_mean(name, self.params) or
+                                           "params: " + ", ".join(self.params)))
                 return POISON
             local[name] = v
         out = arrow[2] if arrow else out_hint

@@ -70,13 +70,16 @@ def _syntax_error(e: UnexpectedInput, text: str, path: str) -> SyntaxProblem:
     line, col = getattr(e, "line", 1), getattr(e, "column", 1)
     if isinstance(e, UnexpectedCharacters):
         char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
+        if char == '"':
+            return SyntaxProblem("a string is not closed", Pos(path, line, col),
+                                 'strings open and close with " on one line: "path/to/file.gn"')
         return SyntaxProblem(f"unexpected character {char!r}", Pos(path, line, col),
                              "names use letters, digits and '_'; comments start with '#'")
     if isinstance(e, UnexpectedEOF) or (isinstance(e, UnexpectedToken) and e.token.type == "$END"):
-        lines = text.splitlines() or [""]
+        lines = text.rstrip().split("\n")  # just after the last thing written
         pos = Pos(path, len(lines), len(lines[-1]) + 1)
         return SyntaxProblem(f"the file ends too early: expected {_expected(e)}", pos,
-                             "check for an unclosed '{' or '('")
+                             "check for an unclosed '{', '(' or '['")
     assert isinstance(e, UnexpectedToken)
     tok = e.token
     pos = Pos(path, tok.line, tok.column, tok.end_column)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -17,7 +18,7 @@ from ._elaborate import ENV_SYMBOLS, INPUTS, Elaborator, Env, FileScope
 Sizes = Env  # the environment sizes a spec is checked and counted at
 from ._parser import parse
 from .errors import CycleError, ParamError, Pos, SpecError, SpecErrors, TrainConfigError, UnknownName, did_you_mean
-from .train_config import TrainConfig
+from .train_config import GroupSampling, TrainConfig, option_fields
 
 MT10 = Env(obs=39, act=4, tasks=10)
 
@@ -64,15 +65,15 @@ class Spec:
         self.values: dict[str, Any] = {}
         self.free: list[str] = []
         self.train = TrainConfig()
-        if self.root is not None:
+        self._graphs: dict[tuple, nx.DiGraph] = {}
+        self.errors.extend(_check_sizes(sizes))
+        if self.root is not None and not self.errors:
             self._resolve_params()
             if not self.errors:
-                self._graphs: dict[tuple, nx.DiGraph] = {}
                 self._elaborate(sizes, keep_warnings=True)
-            if not self.errors:
-                self._train_config(self._graphs[_key(sizes)])
+            self._train_config(self._graphs.get(_key(sizes)))
         if self.errors:
-            raise SpecErrors(self.errors, self.sources)
+            raise SpecErrors(_unique(self.errors), self.sources)
 
     # ----------------------------------------------------------------------------- files
     def _load_file(self, path: Path, chain: list[str]) -> FileScope | None:
@@ -166,6 +167,9 @@ class Spec:
     def _check_override(self, decl: A.Param, default: Any, value: Any) -> Any:
         if isinstance(value, str):
             value = parse_value(value) if not isinstance(default, str) else value
+        if isinstance(value, float) and not math.isfinite(value):
+            self.errors.append(ParamError(f"--set {decl.name}={value}: a param value must be finite", decl.pos))
+            return default
         ok = (isinstance(default, bool) and isinstance(value, bool)) or \
              (isinstance(default, int) and not isinstance(default, bool) and isinstance(value, (int, float))
               and not isinstance(value, bool) and value == int(value)) or \
@@ -194,10 +198,14 @@ class Spec:
             return e.id
         if isinstance(e, A.Unary) and e.op == "-":
             v = self._const(e.operand, evaluating)
+            if v is None:  # already reported
+                return None
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 return -v
         if isinstance(e, A.Binary) and e.op in "+-*/":
             a, b = self._const(e.left, evaluating), self._const(e.right, evaluating)
+            if a is None or b is None:
+                return None
             if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
                 if e.op == "/":
                     if b == 0:
@@ -227,13 +235,11 @@ class Spec:
         """The agent graph for these environment sizes (checked; raises SpecErrors)."""
         key = (obs, act, tasks, meta)
         if key not in self._graphs:
-            for name, v in (("obs", obs), ("act", act), ("tasks", tasks), ("meta", meta)):
-                if not isinstance(v, int) or v < 1:
-                    raise SpecErrors([SpecError(f"--{name} must be a positive whole number, got {v}")])
-            self.errors = []
-            self._elaborate(Env(obs, act, tasks, meta))
+            self.errors = _check_sizes(Env(obs, act, tasks, meta))
+            if not self.errors:
+                self._elaborate(Env(obs, act, tasks, meta))
             if self.errors:
-                raise SpecErrors(self.errors, self.sources)
+                raise SpecErrors(_unique(self.errors), self.sources)
         return self._graphs[key]
 
     @property
@@ -246,7 +252,8 @@ class Spec:
         return count(self.graph_for(obs, act, tasks, meta))
 
     # ----------------------------------------------------------------------------- train section
-    def _train_config(self, g: nx.DiGraph) -> None:
+    def _train_config(self, g: nx.DiGraph | None) -> None:
+        """Validate the train section; the checks that need the graph run when it was built."""
         raw, where = {}, {}
         for item in self.root.spec.train:
             value = self._train_value(item.value)
@@ -260,10 +267,12 @@ class Spec:
                 loc = err["loc"]
                 name = str(loc[0]) if loc else ""
                 pos = where.get(name, self.root.spec.agent.pos if self.root.spec.agent else None)
-                if err["type"] == "extra_forbidden" and len(loc) == 1:
-                    self.errors.append(TrainConfigError(f"unknown train option '{name}'", pos,
-                                                        did_you_mean(name, TrainConfig.model_fields) or
-                                                        "options: " + ", ".join(TrainConfig.model_fields)))
+                if err["type"] == "extra_forbidden":
+                    key, fields = str(loc[-1]), option_fields(loc[:-1])
+                    where = "train option" if len(loc) == 1 else f"setting of {name}"
+                    self.errors.append(TrainConfigError(f"unknown {where} '{key}'", pos,
+                                                        did_you_mean(key, fields) or
+                                                        "choose from: " + ", ".join(fields)))
                 else:
                     detail = ".".join(str(x) for x in loc[1:] if not isinstance(x, int))
                     msg = err["msg"].removeprefix("Value error, ")
@@ -271,6 +280,12 @@ class Spec:
                                                         f"{msg}", pos))
             return
         t = self.train
+        if g is None:
+            return
+        if isinstance(t.sampling, GroupSampling) and max(sum(t.sampling.task_groups(), [])) >= g.graph["env"]["tasks"]:
+            self.errors.append(TrainConfigError(f"sampling groups name task {max(sum(t.sampling.task_groups(), []))}"
+                                                f", but there are {g.graph['env']['tasks']} tasks (0 to "
+                                                f"{g.graph['env']['tasks'] - 1})", where.get("sampling")))
         if t.w_reset and g.graph["bank"] is None:
             self.errors.append(TrainConfigError("w_reset re-draws a task's composition weights w, but no layer of "
                                                 "this agent is bank(K)", where.get("w_reset")))
@@ -300,6 +315,22 @@ class Spec:
             h.update(self.sources[path].encode())
         h.update(json.dumps(self.values, sort_keys=True, default=str).encode())
         return h.hexdigest()[:16]
+
+
+def _check_sizes(env: Env) -> list[SpecError]:
+    return [SpecError(f"--{name} must be a positive whole number, got {v}")
+            for name, v in vars(env).items() if isinstance(v, bool) or not isinstance(v, int) or v < 1]
+
+
+def _unique(errors: list[SpecError]) -> list[SpecError]:
+    """One report per place and message (an error inside a block called twice is one error)."""
+    seen, out = set(), []
+    for e in errors:
+        key = (str(e.pos), e.message)
+        if key not in seen:
+            seen.add(key)
+            out.append(e)
+    return out
 
 
 def _key(env: Env) -> tuple[int, int, int, int]:

@@ -108,5 +108,5 @@ def _source_line(pos: Pos | None, sources: dict[str, str] | None) -> str | None:
             text = Path(pos.file).read_text()
         except OSError:
             return None
-    lines = text.splitlines()
-    return lines[pos.line - 1].replace("\t", " ") if 0 < pos.line <= len(lines) else None
+    lines = text.split("\n")  # as Lark counts lines: other line breaks are not line ends
+    return lines[pos.line - 1].rstrip("\r").replace("\t", " ") if 0 < pos.line <= len(lines) else None

@@ -7,7 +7,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, m
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class UniformReplay(_Strict):
@@ -96,3 +96,18 @@ class TrainConfig(_Strict):
         if self.w_reset and self.loss_maskout is None:
             raise ValueError("w_reset re-draws the w of tasks masked out by loss_maskout: set loss_maskout too")
         return self
+
+
+_KINDS = {"replay": (UniformReplay, TAPER), "sampling": (UniformSampling, GroupSampling, TacoSampling),
+          "triplet": (Triplet,)}
+
+
+def option_fields(loc: tuple) -> list[str]:
+    """The settings allowed where a validation error points: top-level options, or one kind's settings."""
+    if not loc:
+        return list(TrainConfig.model_fields)
+    models = _KINDS.get(str(loc[0]), ())
+    kind = str(loc[1]) if len(loc) > 1 else None
+    model = next((m for m in models if m.model_fields["kind"].default == kind or
+                  kind in getattr(m.model_fields["kind"].annotation, "__args__", ())), models[0] if models else None)
+    return [f for f in model.model_fields if f != "kind"] if model else []
