@@ -23,7 +23,7 @@ class RunConfig(BaseModel):
     checkpoint_every: PositiveInt = 50_000
     save_replay: bool = False
     warmup: int = Field(1_500, ge=0)      # steps per task of uniform random actions before learning
-    buffer_size: PositiveInt = 1_000_000  # transitions per task kept
+    buffer_size: PositiveInt = 100_000    # transitions kept per task (MT10: 1M in all)
     device: str | None = None             # None: CUDA when present
     threads: PositiveInt | None = None    # torch CPU threads
     train: TrainConfig = TrainConfig()

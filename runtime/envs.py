@@ -21,15 +21,16 @@ class EnvError(GraphnetError):
 
 
 def task_names(env: str) -> list[str]:
-    import metaworld
+    """The benchmark's tasks in Meta-World's order, without building the benchmark (that samples goals)."""
+    from metaworld import env_dict
     if env.startswith("MT1:"):
         name = env[4:]
-        known = sorted(metaworld.ALL_V3_ENVIRONMENTS)
+        known = sorted(env_dict.ALL_V3_ENVIRONMENTS)
         if name not in known:
             from ..errors import did_you_mean
             raise EnvError(f"unknown Meta-World task '{name}'; {did_you_mean(name, known) or 'e.g. reach-v3'}")
         return [name]
-    return list((metaworld.MT10 if env == "MT10" else metaworld.MT50)().train_classes)
+    return list((env_dict.MT10_V3 if env == "MT10" else env_dict.MT50_V3).keys())
 
 
 class MultiTaskEnv:
@@ -46,6 +47,7 @@ class MultiTaskEnv:
                 self.vec = gym.make_vec(f"Meta-World/{env}", seed=seed, vector_strategy="sync",
                                         autoreset_mode=gym.vector.AutoresetMode.DISABLED)
         self.num_tasks = len(self.names)
+        self.episode_steps = EPISODE_STEPS
         self.obs_dim = int(self.vec.single_observation_space.shape[0])
         self.act_dim = int(self.vec.single_action_space.shape[0])
         self.seed = seed

@@ -1,0 +1,54 @@
+"""`graphnet plot`: mean success curves from runs' metrics.csv; mean ± stderr over runs of one spec."""
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import GraphnetError
+
+
+def read_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        raise GraphnetError(f"{run_dir} has no metrics.csv (not a graphnet run, or no evaluation yet)")
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise GraphnetError(f"{path} has no evaluation rows yet")
+    config = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").exists() else {}
+    label = Path(config.get("spec", run_dir.name)).stem + (f" ({config['env']})" if "env" in config else "")
+    return label, np.array([int(r["step"]) for r in rows]), np.array([float(r["success_mean"]) for r in rows])
+
+
+def plot(run_dirs: list[Path], out: Path) -> dict[str, int]:
+    """One curve per spec: the mean over its runs, shaded ± standard error where there are several."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    groups: dict[str, list] = defaultdict(list)
+    for d in run_dirs:
+        label, steps, success = read_curve(d)
+        groups[label].append((steps, success))
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for label, curves in sorted(groups.items()):
+        n = min(len(s) for s, _ in curves)
+        steps = curves[0][0][:n]
+        values = np.stack([c[:n] for _, c in curves])
+        mean = values.mean(0)
+        ax.plot(steps, mean, label=f"{label}, n={len(curves)}")
+        if len(curves) > 1:
+            err = values.std(0, ddof=1) / np.sqrt(len(curves))
+            ax.fill_between(steps, mean - err, mean + err, alpha=0.25)
+    ax.set_xlabel("environment steps per task")
+    ax.set_ylabel("mean success rate")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return {label: len(curves) for label, curves in groups.items()}

@@ -1,0 +1,139 @@
+"""Multi-task SAC: twin critics, one temperature per task, and the papers' training schemes.
+
+Losses are kept per task so PaCo's loss maskout and PCGrad can act on them. The update does no
+wasted work: the actor loss reads the critic through detached parameters (no critic weight
+gradients), log-pi is reused for the temperature loss, the target update is one foreach lerp, and
+nothing in it waits for the host (metrics stay tensors until logged).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+from ..compiler import AgentNets
+from ..train_config import TrainConfig
+from .replay import Batch
+from .schemes import maskout, pcgrad, per_task_mean, triplet_loss, w_reset_
+
+
+_HALF_LOG_2PI, _LOG_2 = 0.5 * math.log(2 * math.pi), math.log(2.0)
+
+
+def squashed_sample(mean: Tensor, log_std: Tensor) -> tuple[Tensor, Tensor]:
+    """A tanh-squashed Gaussian sample and its log-probability."""
+    std = log_std.exp()
+    u = mean + std * torch.randn_like(mean)
+    action = torch.tanh(u)
+    log_prob = (-0.5 * ((u - mean) / std) ** 2 - log_std - _HALF_LOG_2PI).sum(-1)
+    log_prob = log_prob - (2 * (_LOG_2 - u - F.softplus(-2 * u))).sum(-1)   # tanh's Jacobian, stably
+    return action, log_prob
+
+
+def _adam(params, lr: float) -> torch.optim.Adam:
+    params = list(params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused)
+
+
+def _unique(params) -> list:
+    seen, out = set(), []
+    for p in params:
+        if id(p) not in seen and p.requires_grad:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+class SAC:
+    def __init__(self, nets: AgentNets, cfg: TrainConfig, act_dim: int):
+        self.nets, self.cfg = nets, cfg
+        self.num_tasks = nets.log_alpha.shape[0]
+        self.target_entropy = -float(act_dim)
+        self.actor_params = _unique(nets.actor.parameters())     # PaCo's w is in both, trained by both
+        self.critic_params = _unique(nets.critic.parameters())
+        self.actor_opt = _adam(self.actor_params, cfg.lr)
+        self.critic_opt = _adam(self.critic_params, cfg.lr)
+        self.alpha_opt = _adam([nets.log_alpha], cfg.lr)
+        self.feature_opt = None
+        if cfg.triplet is not None:
+            self.feature_params = _unique(nets.feature_parameters(cfg.triplet.feature))
+            self.feature_opt = _adam(self.feature_params, cfg.triplet.lr)
+        live = dict(nets.critic.named_parameters())
+        target = dict(nets.critic_target.named_parameters())
+        own = [n for n in live if live[n] is not target[n]]   # shared tensors have no target copy
+        self._live, self._target = [live[n] for n in own], [target[n] for n in own]
+
+    def optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        opts = {"actor": self.actor_opt, "critic": self.critic_opt, "alpha": self.alpha_opt}
+        return opts | ({"feature": self.feature_opt} if self.feature_opt else {})
+
+    def update(self, b: Batch) -> dict[str, Tensor]:
+        """One gradient step of critic, actor, temperatures (and features); returns metric tensors."""
+        nets, cfg, T = self.nets, self.cfg, self.num_tasks
+        alpha = nets.log_alpha.exp().detach()
+        with torch.no_grad():
+            next_act, next_logp = squashed_sample(*nets.actor(b.next_obs, b.task, b.task_major))
+            q1t, q2t = nets.critic_target(b.next_obs, next_act, b.task, b.task_major)
+            soft_v = torch.min(q1t, q2t).squeeze(-1) - alpha[b.task] * next_logp
+            target = b.reward + cfg.gamma * (1 - b.done) * soft_v
+        q1, q2 = nets.critic(b.obs, b.act, b.task, b.task_major)
+        td1, td2 = q1.squeeze(-1) - target, q2.squeeze(-1) - target
+        per_sample = td1.square() + td2.square()
+        if b.weight is not None:
+            per_sample = per_sample * b.weight
+        critic_task = per_task_mean(per_sample, b.task, T)
+
+        healthy = torch.ones(T, dtype=torch.bool, device=critic_task.device)
+        if cfg.loss_maskout is not None:
+            healthy = maskout(critic_task.detach(), cfg.loss_maskout)
+        self._step(self.critic_opt, self.critic_params, critic_task, healthy)
+
+        action, logp = squashed_sample(*nets.actor(b.obs, b.task, b.task_major))
+        detached = {n: p.detach() for n, p in nets.critic.named_parameters()}
+        q1p, q2p = functional_call(nets.critic, detached, (b.obs, action, b.task, b.task_major))
+        actor_task = per_task_mean(alpha[b.task] * logp - torch.min(q1p, q2p).squeeze(-1), b.task, T)
+        self._step(self.actor_opt, self.actor_params, actor_task, healthy)
+
+        alpha_loss = -(nets.log_alpha[b.task] * (logp.detach() + self.target_entropy)).mean()
+        self.alpha_opt.zero_grad(set_to_none=True)
+        alpha_loss.backward()
+        self.alpha_opt.step()
+
+        metrics = {"critic_loss": critic_task.mean().detach(), "actor_loss": actor_task.mean().detach(),
+                   "alpha": alpha.mean(), "healthy_tasks": healthy.sum()}
+        if self.feature_opt is not None:
+            feats = nets.feature(cfg.triplet.feature, b.obs, b.task)
+            loss = cfg.triplet.weight * triplet_loss(feats, b.task, cfg.triplet.margin)
+            self.feature_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.feature_opt.step()
+            metrics["triplet_loss"] = loss.detach()
+        if cfg.w_reset:
+            w_reset_(nets.bank_table, healthy)
+        with torch.no_grad():
+            torch._foreach_lerp_(self._target, self._live, cfg.tau)
+        metrics["td_error"] = 0.5 * (td1.abs() + td2.abs()).detach()
+        return metrics
+
+    def _step(self, opt: torch.optim.Optimizer, params: list, task_losses: Tensor, healthy: Tensor) -> None:
+        """Minimise the mean loss of the healthy tasks; with PCGrad, per-task gradients deconflicted."""
+        opt.zero_grad(set_to_none=True)
+        weights = healthy.to(task_losses.dtype)
+        if not self.cfg.pcgrad:
+            ((task_losses * weights).sum() / weights.sum().clamp(min=1)).backward()
+        else:
+            grads = []
+            for t in range(self.num_tasks):
+                g = torch.autograd.grad(task_losses[t] * weights[t], params, retain_graph=True, allow_unused=True)
+                grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
+                                        for x, p in zip(g, params)]))
+            flat = pcgrad(grads) / weights.sum().clamp(min=1)
+            offset = 0
+            for p in params:
+                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
+        opt.step()
