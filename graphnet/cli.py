@@ -4,11 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ._spec import Sizes, Spec, load, parse_value
+from pydantic import ValidationError
+
 from .errors import GraphnetError, SpecErrors
 from .ir import nodes
+from .matching import COUNTS, ablate, budget_like, provenance, solve, write_resolved
 
 
 class UsageError(GraphnetError):
@@ -113,16 +117,67 @@ def cmd_compile(args) -> int:
     return 0
 
 
+def _run_config(args):
+    """RunConfig from `graphnet train` flags; the spec's train section, then the flags, set SAC options."""
+    from pathlib import Path
+    from .runtime.config import RunConfig
+    from .train_config import TrainConfig
+    spec = load(args.spec, **_overrides(args.set))
+    train = spec.train.model_dump()
+    train.update({k: v for k, v in (("lr", args.lr), ("batch_per_task", args.batch_per_task)) if v is not None})
+    out = args.out or Path("runs") / f"{Path(spec.path).stem}-{args.env.replace(':', '-')}-s{args.seed}"
+    fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "eval_every", "eval_episodes",
+                                            "checkpoint_every", "warmup", "device", "threads", "save_replay")
+              if getattr(args, k) is not None}
+    return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=TrainConfig(**train), **fields)
+
+
+def cmd_train(args) -> int:
+    from pathlib import Path
+    from .runtime.train import load_run_config, train
+    if (args.spec is None) == (args.resume is None):
+        raise UsageError("give a SPEC to start a run, or --resume RUN_DIR to continue one")
+    if args.resume:
+        cfg = load_run_config(Path(args.resume))
+        updates = {k: getattr(args, k) for k in ("steps", "device", "threads") if getattr(args, k) is not None}
+        cfg = cfg.model_copy(update=updates | {"out": Path(args.resume)})
+    else:
+        cfg = _run_config(args)
+    run_dir = train(cfg, resume=args.resume is not None, quiet=args.quiet)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from pathlib import Path
+    from .runtime.plot import plot
+    groups = plot([Path(d) for d in args.runs], Path(args.output))
+    print(f"wrote {args.output}: " + ", ".join(f"{k} ({n} run{'s' * (n > 1)})" for k, n in groups.items()))
+    return 0
+
+
 def cmd_bench(args) -> int:
+    if args.train:
+        from .runtime.train import bench_train
+        args.out = args.out or "."
+        result = bench_train(_run_config(args), steps=args.train_steps)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"{args.spec} on {result['env']} ({result['tasks']} tasks, {result['device']}): "
+                  f"{result['steps_per_s']:.1f} vector steps/s, env {result['env_steps_per_s']:.0f} "
+                  f"task-steps/s, {result['updates_per_s']:.1f} updates/s; time in env "
+                  f"{100 * result['env_share']:.0f} %, in updates {100 * result['update_share']:.0f} %")
+        return 0
     from .compiler.bench import bench
     spec = _load(args)
-    result = bench(spec, args.obs, args.act, args.tasks, args.batch_per_task, device=args.device,
+    result = bench(spec, args.obs, args.act, args.tasks, args.batch_per_task or 128, device=args.device or "cpu",
                    compile=args.compile)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{spec.path}: actor + twin critics, forward + backward, {result['tasks']} tasks x "
-          f"{args.batch_per_task} samples on {result['device']}")
+          f"{result['batch'] // result['tasks']} samples on {result['device']}")
     print(f"  compiled          {result['compiled_ms']:10.1f} ms")
     print(f"  dense equivalent  {result['dense_equiv_ms']:10.1f} ms   compiled / dense = "
           f"{result['compiled_vs_dense']:.2f}x")
@@ -130,6 +185,98 @@ def cmd_bench(args) -> int:
           f"{result['reference_vs_compiled']:.0f}x (scaled from 1 sample per task)")
     print(f"  ~{result['flops'] / 1e9:.1f} GFLOP per step")
     return 0
+
+
+RATIO_RULE = ("With several --solve, the first named is searched and each other one keeps its ratio to it as in "
+              "the spec's current values (after --set), rounded half up.")
+
+
+def _sizes(args) -> Sizes:
+    return Sizes(obs=args.obs, act=args.act, tasks=args.tasks)
+
+
+def _budget(args) -> tuple[int, str]:
+    """The budget and how to describe it: --budget N, or --like OTHER's count at its defaults."""
+    if args.like is None:
+        if args.budget < 1:
+            raise UsageError(f"--budget must be a positive number of parameters, got {args.budget}")
+        return args.budget, ""
+    return budget_like(args.like, _sizes(args), args.count), f"  ({args.count} of {args.like})"
+
+
+def _print_warnings(warnings) -> None:
+    for w in dict.fromkeys(warnings):
+        print(f"warning: {w}", file=sys.stderr)
+
+
+def cmd_match(args) -> int:
+    budget, like = _budget(args)
+    overrides = _overrides(args.set)
+    match = solve(args.spec, args.solve, budget, args.count, overrides, _sizes(args))
+    _print_warnings(match.warnings)
+    if args.output:
+        values = {**overrides, **match.values}
+        write_resolved(args.spec, values, args.output, _sizes(args), args.count,
+                       header=provenance(args.spec, values, args.count, match))
+    if args.json:
+        print(json.dumps(match.as_json(), indent=2))
+        return 0
+    print(f"{args.spec}: " + ", ".join(f"{k} = {v}" for k, v in match.values.items()))
+    print(f"  {args.count + ' count':<14}{match.count:>14,}")
+    print(f"  {'budget':<14}{match.budget:>14,}{like}")
+    print(f"  {'mismatch':<14}{match.mismatch:>+14,}  ({match.mismatch_pct:+.3f} %)")
+    if args.output:
+        print(f"wrote {args.output}")
+    return 0
+
+
+def _grid(pairs: list[str]) -> dict[str, list[Any]]:
+    grid: dict[str, list[Any]] = {}
+    for pair in pairs:
+        name, sep, values = pair.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise UsageError(f"--vary takes NAME=v1,v2,..., got '{pair}'")
+        if name in grid:
+            raise UsageError(f"--vary {name} is given twice; list all its values once")
+        grid[name] = [parse_value(v.strip()) for v in values.split(",") if v.strip()]
+    return grid
+
+
+def cmd_ablate(args) -> int:
+    budget = None if args.budget is None and args.like is None else _budget(args)[0]
+    rows = ablate(args.spec, _grid(args.vary), args.output, args.solve or (), budget, args.count,
+                  _overrides(args.set), _sizes(args))
+    _print_warnings(w for r in rows for w in r.warnings)
+    print((Path(args.output) / "ablation.md").read_text(), end="")
+    print(f"\nwrote {len(rows)} specs, ablation.md and ablation.csv to {args.output}")
+    return 0
+
+
+def cmd_viz(args) -> int:
+    from .viz import draw
+    spec = _load(args)
+    draw(spec, args.output, _sizes(args), expand=args.expand, rankdir=args.rankdir)
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--env", help="MT10 (default), MT50 or MT1:<task>, e.g. MT1:reach-v3")
+    p.add_argument("--steps", type=int, help="environment steps per task (default 200,000)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="run directory (default runs/<spec>-<env>-s<seed>)")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a spec param (repeatable)")
+    p.add_argument("--eval-every", type=int, help="steps per task between evaluations (default 10,000)")
+    p.add_argument("--eval-episodes", type=int, help="episodes per task at each evaluation (default 10)")
+    p.add_argument("--checkpoint-every", type=int, help="steps per task between checkpoints (default 50,000)")
+    p.add_argument("--warmup", type=int, help="steps per task of random actions before learning (default 1,500)")
+    p.add_argument("--batch-per-task", type=int, help="samples per task in an update (default 128)")
+    p.add_argument("--lr", type=float, help="learning rate of every optimizer (default 3e-4)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+    p.add_argument("--save-replay", action="store_true", default=None,
+                   help="keep the replay in checkpoints (exact resume; large)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,15 +300,77 @@ def build_parser() -> argparse.ArgumentParser:
     _env_args(p)
     p.add_argument("--print-code", action="store_true", help="print each trunk's generated forward()")
     p.set_defaults(fn=cmd_compile)
-    p = sub.add_parser("bench", help="time compiled vs reference vs a dense MLP of the same per-sample size")
+    p = sub.add_parser("train", help="train a spec with multi-task SAC on Meta-World")
+    p.add_argument("spec", nargs="?", metavar="SPEC")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its last checkpoint")
+    _train_args(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("plot", help="success curves of runs (mean ± stderr over runs of one spec)")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    p.add_argument("-o", "--output", required=True, metavar="FILE.png")
+    p.set_defaults(fn=cmd_plot)
+    p = sub.add_parser("bench", help="time compiled vs reference vs a dense MLP of the same per-sample size; "
+                                     "--train: env and update throughput of training")
     p.add_argument("spec", metavar="SPEC")
     _env_args(p)
-    p.add_argument("--batch-per-task", type=int, default=128, help="samples per task (default 128)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--train", action="store_true", help="measure a short real training run instead")
+    p.add_argument("--train-steps", type=int, default=200, help="vector steps for --train (default 200)")
+    for name in ("env", "seed", "warmup", "threads", "lr", "out", "eval_every", "eval_episodes",
+                 "checkpoint_every", "save_replay"):
+        p.set_defaults(**{name: None})
+    p.set_defaults(env="MT10", seed=0, steps=None)
+    p.add_argument("--batch-per-task", type=int, help="samples per task (default 128)")
+    p.add_argument("--device", help="cpu or cuda (default cpu; --train: CUDA when present)")
     p.add_argument("--compile", action="store_true", help="torch.compile the trunks")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(fn=cmd_bench)
+    p = sub.add_parser("match", help="solve whole-number params so the parameter count is nearest a budget",
+                       description="Find whole-number values of the --solve params whose parameter count is "
+                                   "nearest the budget: an exact integer search on graphnet's accounting "
+                                   "(no torch). " + RATIO_RULE)
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--solve", action="append", required=True, metavar="NAME",
+                   help="a whole-number param to solve (repeatable: several follow the ratio rule above)")
+    _budget_args(p, required=True)
+    _env_args(p)
+    p.add_argument("--json", action="store_true", help="print {values, count, budget, mismatch} as JSON")
+    p.add_argument("-o", "--output", metavar="FILE", help="write the resolved spec (solved and --set values in it)")
+    p.set_defaults(fn=cmd_match)
+    p = sub.add_parser("ablate", help="write one resolved spec per grid point, width-solved to one budget, "
+                                      "with ablation.md and ablation.csv",
+                       description="Write DIR/<spec>__<name>-<value>__....gn for every point of the --vary grid "
+                                   "(the cartesian product of the lists), each solved to the budget when --solve "
+                                   "is given, and the tables DIR/ablation.md and DIR/ablation.csv. " + RATIO_RULE)
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("--vary", action="append", required=True, metavar="NAME=v1,v2,...",
+                   help="a param and the values to try (repeatable: the grid is every combination)")
+    p.add_argument("--solve", action="append", metavar="NAME",
+                   help="a whole-number param to solve in each variant (with --budget or --like)")
+    _budget_args(p, required=False)
+    _env_args(p)
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the folder to write to")
+    p.set_defaults(fn=cmd_ablate)
+    p = sub.add_parser("viz", help="draw the agent graph (svg, png, html or dot)",
+                       description="Draw the actor and critic trunks: ops, labels, widths, parameter counts, "
+                                   "sharing by colour. svg, png and html need Graphviz's dot program (the "
+                                   "system package graphviz); dot does not.")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="FILE.svg, .png, .html or .dot")
+    p.add_argument("--expand", action="store_true", help="draw every repeat iteration (default: collapse to 'x N')")
+    p.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="top to bottom (default) or left to right")
+    _env_args(p)
+    p.set_defaults(fn=cmd_viz)
     return parser
+
+
+def _budget_args(p: argparse.ArgumentParser, required: bool) -> None:
+    group = p.add_mutually_exclusive_group(required=required)
+    group.add_argument("--budget", type=int, metavar="N", help="the parameter count to match")
+    group.add_argument("--like", metavar="OTHER_SPEC",
+                       help="match OTHER_SPEC's count (its defaults, the same --obs/--act/--tasks)")
+    p.add_argument("--count", choices=COUNTS, default="total",
+                   help="which count to match: total (default), trainable, actor or critic")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # output piped into `head`
         return 0
+    except ValidationError as e:  # a bad run configuration, before anything starts
+        for err in e.errors():
+            where = "--" + "-".join(str(x) for x in err["loc"]).replace("_", "-") if err["loc"] else "config"
+            print(f"error: {where}: {err['msg'].removeprefix('Value error, ')}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
