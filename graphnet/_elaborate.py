@@ -294,12 +294,10 @@ class Elaborator:
             return self._not_a(a, "a number or features", e.left, scope)
         if not self._is_number(b):
             return self._not_a(b, "a number or features", e.right, scope)
-        if e.op == "/":
-            if b == 0:
-                self.errors.append(ParamError("division by zero", e.pos))
-                return POISON
-            return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
-        return {"+": a + b, "-": a - b, "*": a * b}[e.op]
+        if e.op == "/" and b == 0:
+            self.errors.append(ParamError("division by zero", e.pos))
+            return POISON
+        return arithmetic(e.op, a, b)
 
     def _choice_word(self, side: A.Node, other: A.Node, scope: Scope) -> Any:
         """Beside a param with choices, a bare name that is one of them is that word (`first == down`),
@@ -741,6 +739,13 @@ class Elaborator:
                 modules[mid].role = roles.pop() if len(roles) == 1 else "common"
         if not any(m.sharing == "bank" for m in modules.values()):
             self.g.graph["bank"] = None
+
+
+def arithmetic(op: str, a: int | float, b: int | float) -> int | float:
+    """Numbers under + - * /; a division stays a whole number when exact (`H / 2` is a width)."""
+    if op == "/":
+        return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
+    return {"+": a + b, "-": a - b, "*": a * b}[op]
 
 
 def _kind(v: Any) -> str:

@@ -13,7 +13,7 @@ import networkx as nx
 from pydantic import ValidationError
 
 from . import _ast as A
-from ._elaborate import ENV_SYMBOLS, INPUTS, Elaborator, Env, FileScope
+from ._elaborate import ENV_SYMBOLS, INPUTS, Elaborator, Env, FileScope, arithmetic
 
 Sizes = Env  # the environment sizes a spec is checked and counted at
 from ._parser import parse
@@ -207,12 +207,10 @@ class Spec:
             if a is None or b is None:
                 return None
             if all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (a, b)):
-                if e.op == "/":
-                    if b == 0:
-                        self.errors.append(ParamError("division by zero", e.pos))
-                        return None
-                    return a // b if isinstance(a, int) and isinstance(b, int) and a % b == 0 else a / b
-                return {"+": a + b, "-": a - b, "*": a * b}[e.op]
+                if e.op == "/" and b == 0:
+                    self.errors.append(ParamError("division by zero", e.pos))
+                    return None
+                return arithmetic(e.op, a, b)
         self.errors.append(ParamError("a param value is a number, a word, true/false, or arithmetic on params",
                                       e.pos))
         return None
