@@ -121,15 +121,21 @@ def _run_config(args):
     """RunConfig from `graphnet train` flags; the spec's train section, then the flags, set SAC options."""
     from pathlib import Path
     from .runtime.config import RunConfig
-    from .train_config import TrainConfig
     spec = load(args.spec, **_overrides(args.set))
-    train = spec.train.model_dump()
-    train.update({k: v for k, v in (("lr", args.lr), ("batch_per_task", args.batch_per_task)) if v is not None})
-    out = args.out or Path("runs") / f"{Path(spec.path).stem}-{args.env.replace(':', '-')}-s{args.seed}"
+    env = args.env or "MT10"
+    out = args.out or Path("runs") / f"{Path(spec.path).stem}-{env.replace(':', '-')}-s{args.seed}"
     fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "eval_every", "eval_episodes",
                                             "checkpoint_every", "warmup", "device", "threads", "save_replay")
-              if getattr(args, k) is not None}
-    return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=TrainConfig(**train), **fields)
+              if getattr(args, k, None) is not None}
+    return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=_train_section(spec, args),
+                     **fields)
+
+
+def _train_section(spec: Spec, args):
+    """The spec's train section with the SAC options given on the command line."""
+    from .train_config import TrainConfig
+    flags = {k: getattr(args, k, None) for k in ("lr", "batch_per_task")}
+    return TrainConfig(**(spec.train.model_dump() | {k: v for k, v in flags.items() if v is not None}))
 
 
 def cmd_train(args) -> int:
@@ -158,9 +164,13 @@ def cmd_plot(args) -> int:
 
 def cmd_bench(args) -> int:
     if args.train:
+        from pathlib import Path
+        from .runtime.config import RunConfig
         from .runtime.train import bench_train
-        args.out = args.out or "."
-        result = bench_train(_run_config(args), steps=args.train_steps)
+        spec = load(args.spec, **_overrides(args.set))
+        cfg = RunConfig(spec=args.spec, overrides=_overrides(args.set), env=args.env, out=Path("."),
+                        device=args.device, threads=args.threads, train=_train_section(spec, args))
+        result = bench_train(cfg, steps=args.train_steps)
         if args.json:
             print(json.dumps(result, indent=2))
         else:
@@ -261,6 +271,43 @@ def cmd_viz(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from .runtime.sweep import plan, sweep
+    if args.ray is not None and args.workers is not None:
+        raise UsageError("--workers sizes the local pool; with --ray, Ray places the runs (see --cpus-per-run)")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
+        raise UsageError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
+    grid = _grid(args.vary or [])
+    fields = {k: getattr(args, k) for k in ("env", "steps", "eval_every", "eval_episodes", "checkpoint_every",
+                                            "warmup", "device", "save_replay") if getattr(args, k) is not None}
+    train_updates = {k: getattr(args, k) for k in ("lr", "batch_per_task") if getattr(args, k) is not None}
+    points = plan(args.specs, grid, args.seeds, Path(args.output), _overrides(args.set), train_updates, **fields)
+    out = Path(args.output).resolve()
+    variants = len(points) // args.seeds // len(args.specs)
+    status = {s: sum(p.status == s for p in points) for s in ("start", "resume", "skip")}
+    print(f"sweep: {len(args.specs)} spec{'s' * (len(args.specs) > 1)} x {variants} variant{'s' * (variants > 1)} "
+          f"x {args.seeds} seed{'s' * (args.seeds > 1)} = {len(points)} runs in {out / 'runs'} ({status['start']} to "
+          f"start, {status['resume']} to resume, {status['skip']} finished: skipped)")
+    outcomes, rows, completed = sweep(points, out, workers=args.workers or 1, ray_address=args.ray,
+                                      cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
+    print()
+    print((out / "results.md").read_text(), end="")
+    written = ["results.csv", "results.md"] + (["curves.png"] if (out / "curves.png").exists() else [])
+    print(f"\nwrote {', '.join(written)} to {out}")
+    failed = [o for o in outcomes if not o.ok]
+    if not completed:
+        print("interrupted: running runs wrote a checkpoint; run the same command again to resume them",
+              file=sys.stderr)
+        return 130
+    if failed:
+        print(f"{len(failed)} of {len(outcomes)} runs failed (see above and their logs in {out / 'logs'}); run the "
+              "same command again to retry them (finished runs are skipped)", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env", help="MT10 (default), MT50 or MT1:<task>, e.g. MT1:reach-v3")
     p.add_argument("--steps", type=int, help="environment steps per task (default 200,000)")
@@ -316,10 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     _env_args(p)
     p.add_argument("--train", action="store_true", help="measure a short real training run instead")
     p.add_argument("--train-steps", type=int, default=200, help="vector steps for --train (default 200)")
-    for name in ("env", "seed", "warmup", "threads", "lr", "out", "eval_every", "eval_episodes",
-                 "checkpoint_every", "save_replay"):
-        p.set_defaults(**{name: None})
-    p.set_defaults(env="MT10", seed=0, steps=None)
+    p.add_argument("--env", default="MT10", help="with --train: MT10 (default), MT50 or MT1:<task>")
+    p.add_argument("--threads", type=int, help="with --train: torch CPU threads")
     p.add_argument("--batch-per-task", type=int, help="samples per task (default 128)")
     p.add_argument("--device", help="cpu or cuda (default cpu; --train: CUDA when present)")
     p.add_argument("--compile", action="store_true", help="torch.compile the trunks")
@@ -361,6 +406,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rankdir", choices=("TB", "LR"), default="TB", help="top to bottom (default) or left to right")
     _env_args(p)
     p.set_defaults(fn=cmd_viz)
+    p = sub.add_parser("sweep", help="train specs x --vary grid x seeds (a local pool or Ray); results table and "
+                                     "curves",
+                       description="One training run per point of specs x the --vary grid (the cartesian product "
+                                   "of the lists, applied like --set) x seeds 0..N-1, in DIR/runs/<spec>__<name>-"
+                                   "<value>__...__s<seed>/. Every point is checked before anything starts. Running "
+                                   "it again into the same DIR resumes unfinished runs and skips finished ones. "
+                                   "Writes DIR/results.md, DIR/results.csv (one row per variant: final and best "
+                                   "mean success, mean ± stderr over seeds) and DIR/curves.png.")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="paths or library spec names")
+    p.add_argument("--vary", action="append", metavar="NAME=v1,v2,...",
+                   help="a param and the values to try (repeatable: the grid is every combination)")
+    p.add_argument("--seeds", type=int, required=True, metavar="N", help="seeds 0..N-1 for every variant")
+    p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a param in every run (repeatable)")
+    p.add_argument("--env", help="MT10 (default), MT50 or MT1:<task>, e.g. MT1:reach-v3")
+    p.add_argument("--steps", type=int, help="environment steps per task (default 200,000)")
+    p.add_argument("--eval-every", type=int, help="steps per task between evaluations (default 10,000)")
+    p.add_argument("--eval-episodes", type=int, help="episodes per task at each evaluation (default 10)")
+    p.add_argument("--checkpoint-every", type=int, help="steps per task between checkpoints (default 50,000)")
+    p.add_argument("--warmup", type=int, help="steps per task of random actions before learning (default 1,500)")
+    p.add_argument("--batch-per-task", type=int, help="samples per task in an update (default 128)")
+    p.add_argument("--lr", type=float, help="learning rate of every optimizer (default 3e-4)")
+    p.add_argument("--device", help="cpu, cuda, ... for every run (default: CUDA when present)")
+    p.add_argument("--save-replay", action="store_true", default=None,
+                   help="keep the replay in checkpoints (exact resume; large)")
+    p.add_argument("--workers", type=int, metavar="N",
+                   help="local pool size (default 1); each worker gets max(1, cores // N) torch threads")
+    p.add_argument("--ray", metavar="ADDRESS|auto|local",
+                   help="run on Ray (pip install graphnet[ray]): a cluster address, 'auto' (the running cluster) "
+                        "or 'local' (start a Ray instance here with 2 CPUs)")
+    p.add_argument("--cpus-per-run", type=float, default=1, metavar="N", help="with --ray: CPUs per run (default 1)")
+    p.add_argument("--gpus-per-run", type=float, default=0, metavar="N", help="with --ray: GPUs per run (default 0)")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="the sweep folder")
+    p.set_defaults(fn=cmd_sweep)
     return parser
 
 

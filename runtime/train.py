@@ -214,6 +214,9 @@ def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSa
 def bench_train(cfg: RunConfig, steps: int = 200) -> dict:
     """Env steps/s, updates/s and the share of time in the env vs the update, on a short real run."""
     spec = check(cfg, resume=True)
+    warnings.filterwarnings("ignore", module="gymnasium")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     env = MultiTaskEnv(cfg.env, cfg.seed)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     nets = build(spec, env.obs_dim, env.act_dim, env.num_tasks, device=device)
