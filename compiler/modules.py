@@ -67,7 +67,8 @@ class ParamOp(nn.Module):
         p = dict(self.params.items())
         if self.op == "embed":
             return p["table"][:, layout.task]
-        E = max(max(x.shape[0] for x in xs), next(iter(p.values())).shape[0]) if p else max(x.shape[0] for x in xs)
+        # a module of one copy (actor's, common) may read an ensemble's inputs, and the reverse: broadcast
+        E = max(t.shape[0] for t in (*xs, *p.values()))
         xs = tuple(x.expand(E, *x.shape[1:]) for x in xs)
         p = {k: v.expand(E, *v.shape[1:]) for k, v in p.items()}
         if self.sharing == "shared":  # squeeze, not [:, 0]: a view whose backward writes no zeros
