@@ -154,6 +154,16 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_transfer(args) -> int:
+    from .runtime.transfer import EXPLORE_STEPS, transfer
+    run_dir = transfer(args.run, args.task, steps=args.steps, out=args.out, seed=args.seed,
+                       explore_steps=EXPLORE_STEPS if args.explore_steps is None else args.explore_steps,
+                       eval_every=args.eval_every, eval_episodes=args.eval_episodes, device=args.device,
+                       start=args.start, quiet=args.quiet)
+    print(f"run directory: {run_dir}")
+    return 0
+
+
 def cmd_plot(args) -> int:
     from pathlib import Path
     from .runtime.plot import plot
@@ -287,9 +297,11 @@ def cmd_sweep(args) -> int:
     out = Path(args.output).resolve()
     variants = len(points) // args.seeds // len(args.specs)
     status = {s: sum(p.status == s for p in points) for s in ("start", "resume", "skip")}
-    print(f"sweep: {len(args.specs)} spec{'s' * (len(args.specs) > 1)} x {variants} variant{'s' * (variants > 1)} "
-          f"x {args.seeds} seed{'s' * (args.seeds > 1)} = {len(points)} runs in {out / 'runs'} ({status['start']} to "
-          f"start, {status['resume']} to resume, {status['skip']} finished: skipped)")
+    def n(count: int, word: str) -> str:
+        return f"{count} {word}{'s' * (count != 1)}"
+    print(f"sweep: {n(len(args.specs), 'spec')} x {n(variants, 'variant')} x {n(args.seeds, 'seed')} = "
+          f"{n(len(points), 'run')} in {out / 'runs'} ({status['start']} to start, {status['resume']} to resume, "
+          f"{status['skip']} finished: skipped)")
     outcomes, rows, completed = sweep(points, out, workers=args.workers or 1, ray_address=args.ray,
                                       cpus_per_run=args.cpus_per_run, gpus_per_run=args.gpus_per_run)
     print()
@@ -297,6 +309,7 @@ def cmd_sweep(args) -> int:
     written = ["results.csv", "results.md"] + (["curves.png"] if (out / "curves.png").exists() else [])
     print(f"\nwrote {', '.join(written)} to {out}")
     failed = [o for o in outcomes if not o.ok]
+    stopped = [o for o in outcomes if o.ok and not o.finished]
     if not completed:
         print("interrupted: running runs wrote a checkpoint; run the same command again to resume them",
               file=sys.stderr)
@@ -304,8 +317,10 @@ def cmd_sweep(args) -> int:
     if failed:
         print(f"{len(failed)} of {len(outcomes)} runs failed (see above and their logs in {out / 'logs'}); run the "
               "same command again to retry them (finished runs are skipped)", file=sys.stderr)
-        return 1
-    return 0
+    if stopped:
+        print(f"{len(stopped)} of {len(outcomes)} runs stopped before the end; run the same command again to resume "
+              "them", file=sys.stderr)
+    return 1 if failed or stopped else 0
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
@@ -353,6 +368,29 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
+    p = sub.add_parser("transfer", help="TaCo transfer: learn a new Meta-World task in a bank(K) run's policy "
+                                        "sub-space (Phi frozen, a new w, a fresh critic)",
+                       description="Transfer a multi-task run of a spec with bank(K) layers (paco, taco, "
+                                   "shared_unique) to one new task (MT1:<task>): the actor keeps the run's Phi and "
+                                   "shared layers, frozen, and learns only the new task's w; the critic starts "
+                                   "fresh. The first --explore-steps act with sub-space policies (w~ = beta W, one "
+                                   "beta per episode: the run's tasks' corners first, then uniform on the simplex) "
+                                   "and train only the critic and temperature; then SAC trains w and the critic.")
+    p.add_argument("run", metavar="RUN_DIR", help="the multi-task run (its config.json, spec and latest checkpoint)")
+    p.add_argument("--task", required=True, help="the new Meta-World task, e.g. reach-v3")
+    p.add_argument("--steps", type=int, default=200_000, help="environment steps in all (default 200,000)")
+    p.add_argument("--explore-steps", type=int,
+                   help="steps of random sub-space exploration first (default 20,000, TaCo's n_e)")
+    p.add_argument("--out", help="run directory (default RUN_DIR/transfer-<task>-s<seed>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-every", type=int, default=10_000, help="steps between evaluations (default 10,000)")
+    p.add_argument("--eval-episodes", type=int, default=10, help="episodes at each evaluation (default 10)")
+    p.add_argument("--start", choices=("best", "centroid"), default="best",
+                   help="where SAC starts w after exploring: the best explored sub-space point (default) or the "
+                        "mean of the run's w rows")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_transfer)
     p = sub.add_parser("plot", help="success curves of runs (mean ± stderr over runs of one spec)")
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png")

@@ -24,22 +24,25 @@ def read_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
     return label, np.array([int(r["step"]) for r in rows]), np.array([float(r["success_mean"]) for r in rows])
 
 
-def plot(run_dirs: list[Path], out: Path) -> dict[str, int]:
-    """One curve per spec: the mean over its runs, shaded ± standard error where there are several."""
+def plot(run_dirs: list[Path], out: Path, labels: list[str] | None = None) -> dict[str, int]:
+    """One curve per spec: the mean over its runs, shaded ± standard error where there are several.
+    `labels` (one per run directory) groups the runs by those labels instead."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    if labels is not None and len(labels) != len(run_dirs):
+        raise GraphnetError(f"plot: {len(labels)} labels for {len(run_dirs)} run directories")
     groups: dict[str, list] = defaultdict(list)
-    for d in run_dirs:
+    for i, d in enumerate(run_dirs):
         label, steps, success = read_curve(d)
-        groups[label].append((steps, success))
+        groups[label if labels is None else labels[i]].append((steps, success))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, curves in sorted(groups.items()):
         n = min(len(s) for s, _ in curves)
         steps = curves[0][0][:n]
         values = np.stack([c[:n] for _, c in curves])
         mean = values.mean(0)
-        ax.plot(steps, mean, label=f"{label}, n={len(curves)}")
+        ax.plot(steps, mean, marker="o", markersize=3, label=f"{label}, n={len(curves)}")
         if len(curves) > 1:
             err = values.std(0, ddof=1) / np.sqrt(len(curves))
             ax.fill_between(steps, mean - err, mean + err, alpha=0.25)

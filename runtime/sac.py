@@ -71,8 +71,11 @@ class SAC:
         opts = {"actor": self.actor_opt, "critic": self.critic_opt, "alpha": self.alpha_opt}
         return opts | ({"feature": self.feature_opt} if self.feature_opt else {})
 
-    def update(self, b: Batch) -> dict[str, Tensor]:
-        """One gradient step of critic, actor, temperatures (and features); returns metric tensors."""
+    def update(self, b: Batch, actor: bool = True) -> dict[str, Tensor]:
+        """One gradient step of critic, actor, temperatures (and features); returns metric tensors.
+
+        `actor=False` leaves the actor as it is and trains the value function and temperatures only
+        (TaCo's transfer exploration phase); the temperature loss then reads log-pi without gradients."""
         nets, cfg, T = self.nets, self.cfg, self.num_tasks
         alpha = nets.log_alpha.exp().detach()
         with torch.no_grad():
@@ -92,18 +95,23 @@ class SAC:
             healthy = maskout(critic_task.detach(), cfg.loss_maskout)
         self._step(self.critic_opt, self.critic_params, critic_task, healthy)
 
-        action, logp = squashed_sample(*nets.actor(b.obs, b.task, b.task_major))
-        detached = {n: p.detach() for n, p in nets.critic.named_parameters()}
-        q1p, q2p = functional_call(nets.critic, detached, (b.obs, action, b.task, b.task_major))
-        actor_task = per_task_mean(alpha[b.task] * logp - torch.min(q1p, q2p).squeeze(-1), b.task, T)
-        self._step(self.actor_opt, self.actor_params, actor_task, healthy)
+        if actor:
+            action, logp = squashed_sample(*nets.actor(b.obs, b.task, b.task_major))
+            detached = {n: p.detach() for n, p in nets.critic.named_parameters()}
+            q1p, q2p = functional_call(nets.critic, detached, (b.obs, action, b.task, b.task_major))
+            actor_task = per_task_mean(alpha[b.task] * logp - torch.min(q1p, q2p).squeeze(-1), b.task, T)
+            self._step(self.actor_opt, self.actor_params, actor_task, healthy)
+        else:
+            with torch.no_grad():
+                logp = squashed_sample(*nets.actor(b.obs, b.task, b.task_major))[1]
 
         alpha_loss = -(nets.log_alpha[b.task] * (logp.detach() + self.target_entropy)).mean()
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
         self.alpha_opt.step()
 
-        metrics = {"critic_loss": critic_task.mean().detach(), "actor_loss": actor_task.mean().detach(),
+        metrics = {"critic_loss": critic_task.mean().detach(),
+                   **({"actor_loss": actor_task.mean().detach()} if actor else {}),
                    "alpha": alpha.mean(), "healthy_tasks": healthy.sum()}
         if self.feature_opt is not None:
             feats = nets.feature(cfg.triplet.feature, b.obs, b.task)

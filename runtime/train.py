@@ -54,20 +54,28 @@ def check(cfg: RunConfig, resume: bool, sizes: graphnet.Sizes | None = None) -> 
                        "use a learned task embedding (for care: --set ctx=learned)")
     if cfg.train.sampling.kind == "taco" and g.graph["bank"] is None:
         raise RunError("sampling = taco clusters the tasks' composition weights w, but the spec has no bank(K)")
+    check_run_dir(cfg, resume)
+    return spec
+
+
+def check_run_dir(cfg: RunConfig, resume: bool) -> None:
     if not resume and cfg.out.exists() and any(cfg.out.iterdir()):
         raise RunError(f"{cfg.out} already holds files; pass --resume {cfg.out} to continue it, or choose --out")
-    return spec
 
 
 def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
           make_env: Callable[[int], MultiTaskEnv] | None = None) -> Path:
     """Run (or resume) training. `make_env(seed)` replaces the Meta-World environments (tests use a small
     problem of their own with the same interface)."""
+    check_run_dir(cfg, resume)  # before the environments, which take seconds to build
     make_env = make_env or (lambda seed: MultiTaskEnv(cfg.env, seed))
     env, eval_env = make_env(cfg.seed), make_env(cfg.seed + 1_000_003)
     spec = check(cfg, resume, graphnet.Sizes(obs=env.obs_dim, act=env.act_dim, tasks=env.num_tasks))
     run_dir = cfg.out
     saved = checkpoint.load(run_dir) if resume else None
+    if resume and saved is not None and str(saved["spec_hash"]).startswith("transfer:"):
+        raise RunError(f"{run_dir} is a transfer run (graphnet transfer): it learns only w and is not resumed "
+                       "with graphnet train")
     if resume and saved is not None and saved["spec_hash"] != spec.hash:
         raise RunError(f"the spec changed since this run started (hash {saved['spec_hash']}, now {spec.hash})")
     if cfg.threads:
