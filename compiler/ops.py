@@ -131,10 +131,13 @@ def film(p, h, z, **_):
 
 
 def affine(p, h, z, **_):
-    shift = _lin(p, z, "shift_")
-    E, B, n = shift.shape
-    m = _lin(p, z, "matrix_").view(E, B, n, n)
-    return (m @ h.unsqueeze(-1)).squeeze(-1) + shift
+    """M(z) h + beta(z) with M(z) = reshape(z W + b): as sum_j z'_j (A_j h), z' = [1, z], A_0 = reshape(b),
+    A_j = reshape(W_j): one matmul of h against every A_j, never a per-sample n x n matrix."""
+    E, B, n = h.shape
+    a = torch.cat([p["matrix_bias"].unsqueeze(1), p["matrix_weight"]], 1).view(E, -1, n, n)   # [E, Z+1, n, n]
+    u = torch.bmm(h, a.permute(0, 3, 1, 2).reshape(E, n, -1)).view(E, B, -1, n)              # [E, B, Z+1, n]
+    z1 = torch.cat([torch.ones_like(z[..., :1]), z], -1).unsqueeze(-2)                        # [E, B, 1, Z+1]
+    return (z1 @ u).squeeze(-2) + _lin(p, z, "shift_")
 
 
 def router(p, e, layers: int, modules: int, **_):
