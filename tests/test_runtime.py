@@ -130,7 +130,7 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path):
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "graphnet.cli", "train", "mtsac", "--env", "MT1:reach-v3",
                              "--steps", "100000", "--warmup", "50", "--batch-per-task", "32", "--set", "H=32",
-                             "--eval-every", "100000", "--out", str(out), "--quiet"],
+                             "--eval-every", "100000", "--threads", "1", "--out", str(out), "--quiet"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "config.json").exists() and time.time() < deadline:
@@ -141,7 +141,7 @@ def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path):
     assert proc.returncode == 0 and "checkpoint written at step" in stdout
     saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
     assert 0 < saved["step"] < 100_000
-    done = run_cli("train", "--resume", str(out), "--steps", str(saved["step"] + 20), "--quiet")
+    done = run_cli("train", "--resume", str(out), "--steps", str(saved["step"] + 20), "--threads", "1", "--quiet")
     assert done.returncode == 0, done.stderr
     assert f"resuming {out} at step {saved['step']:,}" in done.stdout
 
