@@ -324,11 +324,17 @@ def cmd_sweep(args) -> int:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--env", help="MT10 (default), MT50 or MT1:<task>, e.g. MT1:reach-v3")
-    p.add_argument("--steps", type=int, help="environment steps per task (default 200,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run directory (default runs/<spec>-<env>-s<seed>)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a spec param (repeatable)")
+    _run_args(p)
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """The flags of a training run, shared by `train` and `sweep`."""
+    p.add_argument("--env", help="MT10 (default), MT50 or MT1:<task>, e.g. MT1:reach-v3")
+    p.add_argument("--steps", type=int, help="environment steps per task (default 200,000)")
     p.add_argument("--eval-every", type=int, help="steps per task between evaluations (default 10,000)")
     p.add_argument("--eval-episodes", type=int, help="episodes per task at each evaluation (default 10)")
     p.add_argument("--checkpoint-every", type=int, help="steps per task between checkpoints (default 50,000)")
@@ -336,7 +342,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-per-task", type=int, help="samples per task in an update (default 128)")
     p.add_argument("--lr", type=float, help="learning rate of every optimizer (default 3e-4)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--save-replay", action="store_true", default=None,
                    help="keep the replay in checkpoints (exact resume; large)")
 
@@ -457,17 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a param and the values to try (repeatable: the grid is every combination)")
     p.add_argument("--seeds", type=int, required=True, metavar="N", help="seeds 0..N-1 for every variant")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a param in every run (repeatable)")
-    p.add_argument("--env", help="MT10 (default), MT50 or MT1:<task>, e.g. MT1:reach-v3")
-    p.add_argument("--steps", type=int, help="environment steps per task (default 200,000)")
-    p.add_argument("--eval-every", type=int, help="steps per task between evaluations (default 10,000)")
-    p.add_argument("--eval-episodes", type=int, help="episodes per task at each evaluation (default 10)")
-    p.add_argument("--checkpoint-every", type=int, help="steps per task between checkpoints (default 50,000)")
-    p.add_argument("--warmup", type=int, help="steps per task of random actions before learning (default 1,500)")
-    p.add_argument("--batch-per-task", type=int, help="samples per task in an update (default 128)")
-    p.add_argument("--lr", type=float, help="learning rate of every optimizer (default 3e-4)")
-    p.add_argument("--device", help="cpu, cuda, ... for every run (default: CUDA when present)")
-    p.add_argument("--save-replay", action="store_true", default=None,
-                   help="keep the replay in checkpoints (exact resume; large)")
+    _run_args(p)
     p.add_argument("--workers", type=int, metavar="N",
                    help="local pool size (default 1); each worker gets max(1, cores // N) torch threads")
     p.add_argument("--ray", metavar="ADDRESS|auto|local",
