@@ -55,13 +55,14 @@ class Box:
 # ----------------------------------------------------------------------------- the drawing's graph
 def boxes(g: nx.DiGraph, expand: bool) -> tuple[dict[str, Box], dict[str, str]]:
     """The drawn nodes, and the box of every graph node. Collapsed, the nodes that differ only in their
-    repeat iterations (same op and width) share a box; its modules are counted at the first box using them."""
+    repeat iterations (same op, input and output widths) share a box; its modules are counted at the first
+    box using them. (A first layer reading the block's input keeps its own box: its shape differs.)"""
     by_key: dict[tuple, Box] = {}
     box_of: dict[str, str] = {}
     names: set[str] = set()
     for n in nodes(g):
         base = n.id if expand else "/".join(_ITERATION.sub(r"\1=*", p) for p in n.id.split("/"))
-        key = (base, n.op, n.width)
+        key = (base, n.op, n.width, tuple(g.nodes[i]["data"].width for i in n.inputs))
         if key not in by_key:
             name, k = base, 1
             while name in names:

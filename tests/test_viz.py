@@ -86,12 +86,14 @@ def test_legend(tmp_path):
 @needs_dot
 def test_repeats_collapse_unless_expanded(tmp_path):
     collapsed = svg_nodes(draw(tmp_path, "mtsac"))
-    assert sum("x 3" in t.split("|") for t, _ in collapsed.values()) == 4    # linear and relu, actor and critic
+    assert sum("x 3" in t.split("|") for t, _ in collapsed.values()) == 2    # relu, actor and critic
+    # the first linear reads concat(obs, ...), a different shape: its own box; the 400 -> 400 layers collapse
+    assert sum("x 2" in t.split("|") for t, _ in collapsed.values()) == 2
     assert "actor/mlp/i=*/relu" in collapsed
     deeper = svg_nodes(draw(tmp_path / "n5", "mtsac", "svg", "--set", "N=5"))
     assert any("x 5" in t.split("|") for t, _ in deeper.values())
     expanded = svg_nodes(draw(tmp_path / "expanded", "mtsac", "svg", "--expand"))
-    assert len(expanded) == len(collapsed) + 2 * 2 * 2                     # 2 more linear and relu each side
+    assert len(expanded) == len(collapsed) + 2 * 3                         # 1 more linear, 2 more relu each side
     assert not any("x 3" in t.split("|") for t, _ in expanded.values())
     assert {"actor/mlp/i=0/relu", "actor/mlp/i=2/relu"} <= set(expanded)
 
