@@ -173,7 +173,7 @@ def modular(p, f, r, layers: int, modules: int, **_):
     return F.relu(torch.einsum("ebj,ejbw->ebw", final, out))
 
 
-def mixture(p, x, a, experts: int, width: int, layers: int, **_):
+def mixture(p, x, a, layers: int, **_):
     """CARE: k expert MLPs of x, weighted by the attention a (one weight per expert)."""
     h = torch.einsum("ebi,ekiw->ekbw", x, p["weight1"]) + p["bias1"].unsqueeze(2)
     for l in range(2, layers + 1):
