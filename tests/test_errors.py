@@ -4,9 +4,8 @@ terminal name."""
 from __future__ import annotations
 
 import re
-import signal
 import textwrap
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from importlib import resources
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from lark import Lark
 
 import graphnet
 from graphnet.cli import main
+from helpers import time_limit
 from graphnet.errors import (CycleError, OpError, ParamError, SpecError, SpecErrors, SyntaxProblem,
                              TrainConfigError, UnknownName, WidthError)
 
@@ -58,19 +58,6 @@ def only(tmp_path: Path, text: str, **overrides) -> SpecError:
 
 def where(err: SpecError) -> tuple[int, int]:
     return err.pos.line, err.pos.col
-
-
-@contextmanager
-def time_limit(seconds: int):
-    def fail(*_):
-        raise TimeoutError(f"took longer than {seconds} s")
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # ----------------------------------------------------------------------------- one error each

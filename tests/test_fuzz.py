@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import io
 import re
-import signal
-from contextlib import contextmanager, redirect_stderr, redirect_stdout
+from contextlib import redirect_stderr, redirect_stdout
 from importlib import resources
 
 import pytest
@@ -20,6 +19,7 @@ from lark import Lark
 
 import graphnet
 from graphnet.cli import main
+from helpers import time_limit
 
 SPECS = {name: resources.files("graphnet.specs").joinpath(f"{name}.gn").read_text()
          for name in graphnet.library_names()}
@@ -44,19 +44,6 @@ TERMINAL = re.compile(r"\b(?:" + "|".join(sorted(t.name for t in _GRAMMAR.termin
 TIME_LIMIT = 10   # seconds for one load; every library spec loads in well under one
 # No shrinking: a hanging example would cost the time limit at every shrinking step.
 FUZZ = settings(deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate])
-
-
-@contextmanager
-def time_limit(seconds: int):
-    def fail(*_):
-        raise TimeoutError(f"took longer than {seconds} s")
-    previous = signal.signal(signal.SIGALRM, fail)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 # ----------------------------------------------------------------------------- mutations

@@ -9,7 +9,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -19,43 +18,7 @@ from graphnet.runtime.config import RunConfig
 from graphnet.runtime.envs import MultiTaskEnv
 from graphnet.runtime.train import train
 from graphnet.train_config import TrainConfig
-
-
-class PointMass:
-    """Four tasks, one goal each (a corner of the square), unseen in the observation: only the task id
-    tells the agent where to go. Success: within 0.1 of the goal at any step of a 30-step episode."""
-
-    goals = np.array([[0.6, 0.6], [-0.6, 0.6], [-0.6, -0.6], [0.6, -0.6]], dtype=np.float32)
-
-    def __init__(self, seed: int):
-        self.names = ["ne", "nw", "sw", "se"]
-        self.num_tasks, self.obs_dim, self.act_dim, self.episode_steps = 4, 2, 2, 30
-        self.rng = np.random.default_rng(seed)
-        self.pos, self.t = np.zeros((4, 2), np.float32), 0
-
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        self.pos, self.t = self.rng.uniform(-0.1, 0.1, (4, 2)).astype(np.float32), 0
-        return self.pos.copy()
-
-    def step(self, action: np.ndarray):
-        self.pos = np.clip(self.pos + 0.15 * np.clip(action, -1, 1), -1, 1).astype(np.float32)
-        self.t += 1
-        dist = np.linalg.norm(self.pos - self.goals, axis=1)
-        return self.pos.copy(), -dist.astype(np.float32), np.zeros(4, bool), self.t >= self.episode_steps, dist < 0.1
-
-    def random_actions(self, rng: np.random.Generator) -> np.ndarray:
-        return rng.uniform(-1, 1, (4, 2)).astype(np.float32)
-
-    def get_state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
-
-    def close(self) -> None:
-        pass
+from helpers import PointMass
 
 
 def point_mass_config(out: Path, steps: int, **kw) -> RunConfig:

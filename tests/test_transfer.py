@@ -21,50 +21,14 @@ from graphnet.runtime.config import RunConfig
 from graphnet.runtime.train import RunError, load_run_config, train
 from graphnet.runtime.transfer import Source, load_transferred, transfer, transfer_nets
 from graphnet.train_config import TrainConfig
+from helpers import PointMass
 
-CORNERS = [[0.6, 0.6], [-0.6, 0.6], [-0.6, -0.6], [0.6, -0.6]]
 FIRST = "actor.trunk.graph_module.mlp_i0_linear.params.weight"   # PaCo's first actor layer: reads the one-hot
 
 
-class PointGoals:
-    """tests/test_runtime.py's PointMass with any goals: task i must reach goals[i] (not observed) within
-    0.1 in a 30-step episode."""
-
-    def __init__(self, seed: int, goals=CORNERS, names=("ne", "nw", "sw", "se")):
-        self.goals, self.names = np.asarray(goals, np.float32), list(names)
-        self.num_tasks, self.obs_dim, self.act_dim, self.episode_steps = len(self.names), 2, 2, 30
-        self.rng = np.random.default_rng(seed)
-        self.pos, self.t = np.zeros((self.num_tasks, 2), np.float32), 0
-
-    def reset(self, seed: int | None = None) -> np.ndarray:
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        self.pos, self.t = self.rng.uniform(-0.1, 0.1, (self.num_tasks, 2)).astype(np.float32), 0
-        return self.pos.copy()
-
-    def step(self, action: np.ndarray):
-        self.pos = np.clip(self.pos + 0.15 * np.clip(action, -1, 1), -1, 1).astype(np.float32)
-        self.t += 1
-        dist = np.linalg.norm(self.pos - self.goals, axis=1)
-        return (self.pos.copy(), -dist.astype(np.float32), np.zeros(self.num_tasks, bool),
-                self.t >= self.episode_steps, dist < 0.1)
-
-    def random_actions(self, rng: np.random.Generator) -> np.ndarray:
-        return rng.uniform(-1, 1, (self.num_tasks, 2)).astype(np.float32)
-
-    def get_state(self) -> dict:
-        return self.rng.bit_generator.state
-
-    def set_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state
-
-    def close(self) -> None:
-        pass
-
-
-def east(seed: int) -> PointGoals:
+def east(seed: int) -> PointMass:
     """A fifth goal, none of the source corners."""
-    return PointGoals(seed, [[0.6, 0.0]], ["east"])
+    return PointMass(seed, [[0.6, 0.0]], ["east"])
 
 
 def source_run(out: Path, spec: str = "paco", steps: int = 120, **overrides) -> Path:
@@ -72,7 +36,7 @@ def source_run(out: Path, spec: str = "paco", steps: int = 120, **overrides) -> 
     cfg = RunConfig(spec=spec, overrides={"H": 32, "N": 2, **overrides}, out=out, steps=steps, eval_every=steps,
                     eval_episodes=1, warmup=steps // 2, device="cpu", threads=1,
                     train=TrainConfig(**train_cfg.model_dump()))
-    return train(cfg, quiet=True, make_env=PointGoals)
+    return train(cfg, quiet=True, make_env=PointMass)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -257,7 +221,7 @@ def test_cli_refuses_task_specific_actor_layers(tmp_path, capsys):
                     "}\n")
     train_cfg = TrainConfig(batch_per_task=8)
     run = train(RunConfig(spec=str(spec), out=tmp_path / "run", steps=30, eval_every=30, eval_episodes=1, warmup=30,
-                          device="cpu", threads=1, train=train_cfg), quiet=True, make_env=PointGoals)
+                          device="cpu", threads=1, train=train_cfg), quiet=True, make_env=PointMass)
     assert main(["transfer", str(run), "--task", "reach-v3"]) == 2
     assert "task-specific layers" in capsys.readouterr().err
 
