@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from .._spec import Spec
 from ..errors import GraphnetError
 from ..ir import modules, nodes
+from .allocator import retain_freed_memory
 from .lower import lower
 from .modules import ParamOp, TaskLayout
 
@@ -111,5 +112,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     if compile:
         for trunk in (actor.trunk, critic.trunk, critic_target.trunk):
             trunk.graph_module = torch.compile(trunk.graph_module)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cpu":
+        retain_freed_memory()
     return nets.to(device)
