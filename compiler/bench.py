@@ -35,9 +35,11 @@ def median_seconds(fn: Callable[[], None], reps: int) -> float:
 
 
 def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batch_per_task: int = 128,
-          reps: int = 10, reference_per_task: int = 1, device: str = "cpu", compile: bool = False) -> dict:
+          reps: int = 10, reference_per_task: int = 1, device: str = "cpu", compile: bool | str = False) -> dict:
     """Actor + twin-critic forward and backward at a task-major batch. The reference interpreter runs
-    `reference_per_task` samples per task and is scaled to the full batch (it is linear in samples)."""
+    `reference_per_task` samples per task and is scaled to the full batch (it is linear in samples).
+    With `compile` (True or a torch.compile mode) the dense MLPs are compiled alike, so the ratio stays
+    like for like."""
     torch.manual_seed(0)
     reads_meta = any(node.op == "meta" for node in nodes(spec.graph_for(obs_dim, act_dim, tasks)))
     meta = torch.randn(tasks, 768) if reads_meta else None  # stand-in description embeddings
@@ -48,6 +50,10 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
     task = torch.arange(tasks, device=device).repeat_interleave(batch_per_task)
     actor_net = dense_mlp(obs_dim, 2 * act_dim, report.per_task["actor"]).to(device)
     critic_net = dense_mlp(obs_dim + act_dim, 1, report.per_task["critic"] // 2).to(device)
+    actor_fn, critic_fn = actor_net, critic_net
+    if compile:
+        mode = None if compile is True else compile
+        actor_fn, critic_fn = torch.compile(actor_net, mode=mode), torch.compile(critic_net, mode=mode)
 
     def sync():
         if str(device).startswith("cuda"):
@@ -64,7 +70,7 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
         actor_net.zero_grad(set_to_none=True)
         critic_net.zero_grad(set_to_none=True)
         x = torch.cat([obs, act], 1)
-        (actor_net(obs).square().mean() + critic_net(x).square().mean() + critic_net(x).square().mean()).backward()
+        (actor_fn(obs).square().mean() + critic_fn(x).square().mean() + critic_fn(x).square().mean()).backward()
         sync()
 
     few = torch.arange(tasks, device=device).repeat_interleave(reference_per_task)

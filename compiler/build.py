@@ -79,10 +79,11 @@ class AgentNets(nn.Module):
 
 
 def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | torch.device | None = None,
-          task_metadata: Tensor | None = None, compile: bool = False) -> AgentNets:
+          task_metadata: Tensor | None = None, compile: bool | str = False) -> AgentNets:
     """Compile a spec to the agent's networks on `device` (CUDA when present by default).
 
-    `task_metadata` ([T, META]) is required by specs that read `meta(task)`."""
+    `task_metadata` ([T, META]) is required by specs that read `meta(task)`. `compile`: True, or a
+    torch.compile mode ("reduce-overhead" also replays CUDA graphs), wraps each trunk in torch.compile."""
     meta_width = task_metadata.shape[1] if task_metadata is not None else 768
     g = spec.graph_for(obs_dim, act_dim, num_tasks, meta_width)
     if task_metadata is None and any(n.op == "meta" for n in nodes(g)):
@@ -111,7 +112,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     nets = AgentNets(actor, critic, critic_target, log_alpha, table, g, op_modules, features)
     if compile:
         for trunk in (actor.trunk, critic.trunk, critic_target.trunk):
-            trunk.graph_module = torch.compile(trunk.graph_module)
+            trunk.graph_module = torch.compile(trunk.graph_module, mode=None if compile is True else compile)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         retain_freed_memory()

@@ -37,7 +37,7 @@ def _sample(nets: AgentNets, order, e: int, obs: Tensor, t: int, act: Tensor | N
         elif n.module is not None:
             v[n.id] = _apply(n.op, n.attrs, _params(nets, n.module, e, t), xs)
         elif n.op == "onehot":
-            v[n.id] = torch.eye(T)[t]
+            v[n.id] = torch.eye(T, device=obs.device)[t]
         elif n.op == "meta":
             v[n.id] = nets.actor.trunk.graph_module.task_metadata[t] if hasattr(
                 nets.actor.trunk.graph_module, "task_metadata") else nets.critic.trunk.graph_module.task_metadata[t]

@@ -410,7 +410,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="with --train: torch CPU threads")
     p.add_argument("--batch-per-task", type=int, help="samples per task (default 128)")
     p.add_argument("--device", help="cpu or cuda (default cpu; --train: CUDA when present)")
-    p.add_argument("--compile", action="store_true", help="torch.compile the trunks")
+    p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
+                   help="torch.compile the trunks (and the dense MLPs); MODE is a torch.compile mode, e.g. "
+                        "reduce-overhead for CUDA graphs")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("match", help="solve whole-number params so the parameter count is nearest a budget",

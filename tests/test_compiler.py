@@ -109,10 +109,10 @@ def load(name: str, obs: int = OBS, act: int = ACT, tasks: int = T, **overrides)
     return graphnet.load(name, graphnet.Sizes(obs=obs, act=act, tasks=tasks, meta=META), **overrides)
 
 
-def make(name: str, obs: int = OBS, act: int = ACT, tasks: int = T, **overrides) -> AgentNets:
-    """Build a library spec on the CPU, with random task metadata where it reads meta(task)."""
+def make(name: str, obs: int = OBS, act: int = ACT, tasks: int = T, device: str = "cpu", **overrides) -> AgentNets:
+    """Build a library spec, with random task metadata where it reads meta(task)."""
     meta = torch.randn(tasks, META) if overrides.get("ctx") == "meta" else None
-    return build(load(name, obs, act, tasks, **overrides), obs, act, tasks, device="cpu", task_metadata=meta)
+    return build(load(name, obs, act, tasks, **overrides), obs, act, tasks, device=device, task_metadata=meta)
 
 
 def randomize(nets: AgentNets) -> AgentNets:
@@ -123,8 +123,9 @@ def randomize(nets: AgentNets) -> AgentNets:
     return nets
 
 
-def batch(task: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return torch.randn(len(task), OBS), torch.randn(len(task), ACT), task
+def batch(task: torch.Tensor, device: str = "cpu") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return (torch.randn(len(task), OBS, device=device), torch.randn(len(task), ACT, device=device),
+            task.to(device))
 
 
 def compiled(nets: AgentNets, obs, act, task, task_major: bool | None = None) -> list[torch.Tensor]:
@@ -176,9 +177,9 @@ def test_batches_take_the_intended_paths():
                 assert {bank_mixes(size, overrides["K"]) for size in sizes} == {True, False}, (name, overrides)
 
 
-def assert_matches_reference(nets: AgentNets, task: torch.Tensor) -> None:
+def assert_matches_reference(nets: AgentNets, task: torch.Tensor, device: str = "cpu") -> None:
     """Trunk outputs, and every parameter's gradient under a random linear loss of them, equal the reference's."""
-    obs, act, task = batch(task)
+    obs, act, task = batch(task, device)
     outputs = compiled(nets, obs, act, task)
     expected = reference(nets, obs, act, task)
     for out, ref in zip(outputs, expected):
@@ -193,6 +194,28 @@ def assert_matches_reference(nets: AgentNets, task: torch.Tensor) -> None:
 @pytest.mark.parametrize("name, overrides", settings())
 def test_outputs_and_gradients_match_reference(name, overrides, batch_name):
     assert_matches_reference(randomize(make(name, **overrides)), BATCHES[batch_name])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("batch_name", ["major-4", "shuffled"])
+@pytest.mark.parametrize("name, overrides", settings(per_spec=1))
+def test_cuda_matches_reference(name, overrides, batch_name):
+    """The same equalities on a CUDA device (float64, so no TF32), both paths."""
+    assert_matches_reference(randomize(make(name, device="cuda", **overrides)), BATCHES[batch_name], "cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_torch_compile_matches_eager():
+    spec = graphnet.load("ptsl", graphnet.Sizes(obs=6, act=2, tasks=3), H=16, D=4, N=2)
+    eager = randomize(build(spec, 6, 2, 3, device="cuda"))
+    compiled = build(spec, 6, 2, 3, device="cuda", compile=True)
+    with torch.no_grad():
+        for mine, theirs in zip(compiled.parameters(), eager.parameters(), strict=True):
+            mine.copy_(theirs)
+    obs, act, task = batch(BATCHES["major-4"], "cuda")
+    for a, b in zip(compiled.critic(obs, act, task, True), eager.critic(obs, act, task, True)):
+        torch.testing.assert_close(a, b, **TIGHT)
+    torch.testing.assert_close(compiled.actor(obs, task, True)[0], eager.actor(obs, task, True)[0], **TIGHT)
 
 
 # bank(K) over other library trunks: every parametric op composed per task, beside PTSL's task layers
