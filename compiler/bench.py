@@ -1,12 +1,18 @@
 """`graphnet bench`: compiled networks vs the reference interpreter vs a dense MLP doing the same
-per-sample work, timed side by side in one run (ratios matter; absolute times only on a quiet machine)."""
+per-sample work, timed side by side in one run (ratios matter; absolute times only on a quiet machine).
+
+"The same per-sample work" is counted, not assumed: torch's FlopCounterMode counts each trunk's matmul
+multiply-adds per sample, and the dense MLP is the widest whose own count is no larger. Counting
+parameters instead undercounts specs that reuse a layer (PTSL applies its shared projections at every
+layer: 1.23x the multiply-adds of a dense MLP with its per-task parameter count)."""
 from __future__ import annotations
 
 import time
 from typing import Callable
 
 import torch
-from torch import nn
+from torch import Tensor, nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .._spec import Spec
 from ..ir import nodes
@@ -14,13 +20,32 @@ from .build import build
 from .reference import reference_trunk
 
 
-def dense_mlp(inp: int, out: int, params: int) -> nn.Sequential:
-    """3 hidden layers of one width, the widest with at most `params` parameters."""
+def dense_mlp(inp: int, out: int, macs: float) -> nn.Sequential:
+    """3 hidden layers of one width, the widest with at most `macs` multiply-adds per sample."""
     w = 8
-    while (inp + 1) * (w + 1) + 2 * (w + 2) * (w + 1) + (w + 2) * out <= params:
+    while inp * (w + 1) + 2 * (w + 1) ** 2 + (w + 1) * out <= macs:
         w += 1
     return nn.Sequential(nn.Linear(inp, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(), nn.Linear(w, w), nn.ReLU(),
                          nn.Linear(w, out))
+
+
+def flops(fn: Callable[[], object]) -> int:
+    """Matmul floating-point operations of one call (2 per multiply-add), as torch counts them."""
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def macs_per_sample(trunk: nn.Module, obs: Tensor, act: Tensor, tasks: int) -> float:
+    """Multiply-adds per sample of a trunk's forward on this task-major batch, all ensemble members
+    together: counted on it and on it twice over, so work done once per batch (a bank composing per-task
+    weights) drops out while every layer keeps the strategy it takes at this batch size."""
+    def at(copies: int) -> int:
+        x, a = (t.view(tasks, 1, -1, t.shape[-1]).expand(-1, copies, -1, -1).reshape(-1, t.shape[-1]) for t in (obs, act))
+        task = torch.arange(tasks, device=obs.device).repeat_interleave(len(x) // tasks)
+        with torch.no_grad():
+            return flops(lambda: trunk(x, task, a, True))
+    return (at(2) - at(1)) / (2 * len(obs))
 
 
 def median_seconds(fn: Callable[[], None], reps: int) -> float:
@@ -43,13 +68,13 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
     torch.manual_seed(0)
     reads_meta = any(node.op == "meta" for node in nodes(spec.graph_for(obs_dim, act_dim, tasks)))
     meta = torch.randn(tasks, 768) if reads_meta else None  # stand-in description embeddings
-    report = spec.params(obs=obs_dim, act=act_dim, tasks=tasks)
-    nets = build(spec, obs_dim, act_dim, tasks, device=device, compile=compile, task_metadata=meta)
+    eager = build(spec, obs_dim, act_dim, tasks, device=device, task_metadata=meta)
+    nets = build(spec, obs_dim, act_dim, tasks, device=device, compile=compile, task_metadata=meta) if compile else eager
     n = tasks * batch_per_task
     obs, act = torch.randn(n, obs_dim, device=device), torch.rand(n, act_dim, device=device) * 2 - 1
     task = torch.arange(tasks, device=device).repeat_interleave(batch_per_task)
-    actor_net = dense_mlp(obs_dim, 2 * act_dim, report.per_task["actor"]).to(device)
-    critic_net = dense_mlp(obs_dim + act_dim, 1, report.per_task["critic"] // 2).to(device)
+    actor_net = dense_mlp(obs_dim, 2 * act_dim, macs_per_sample(eager.actor.trunk, obs, act, tasks)).to(device)
+    critic_net = dense_mlp(obs_dim + act_dim, 1, macs_per_sample(eager.critic.trunk, obs, act, tasks) / 2).to(device)
     actor_fn, critic_fn = actor_net, critic_net
     if compile:
         mode = None if compile is True else compile
@@ -59,18 +84,21 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
 
-    def compiled():
-        nets.zero_grad(set_to_none=True)
-        q1, q2 = nets.critic.trunk(obs, task, act, True)
-        loss = nets.actor.trunk(obs, task, task_major=True).square().mean() + q1.square().mean() + q2.square().mean()
+    def step(agent: nn.Module) -> None:
+        agent.zero_grad(set_to_none=True)
+        q1, q2 = agent.critic.trunk(obs, task, act, True)
+        loss = agent.actor.trunk(obs, task, task_major=True).square().mean() + q1.square().mean() + q2.square().mean()
         loss.backward()
         sync()
 
-    def dense():
+    def compiled():
+        step(nets)
+
+    def dense(actor: nn.Module = actor_fn, critic: nn.Module = critic_fn):
         actor_net.zero_grad(set_to_none=True)
         critic_net.zero_grad(set_to_none=True)
         x = torch.cat([obs, act], 1)
-        (actor_fn(obs).square().mean() + critic_fn(x).square().mean() + critic_fn(x).square().mean()).backward()
+        (actor(obs).square().mean() + critic(x).square().mean() + critic(x).square().mean()).backward()
         sync()
 
     few = torch.arange(tasks, device=device).repeat_interleave(reference_per_task)
@@ -89,7 +117,8 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
         t_dense.append(median_seconds(dense, reps))
     t_ref = median_seconds(reference, 1) * batch_per_task / reference_per_task
     c, d = sorted(t_compiled)[1], sorted(t_dense)[1]
-    per_sample = report.per_task["actor"] + report.per_task["critic"]
     return {"spec": spec.path, "tasks": tasks, "batch": n, "device": str(device), "compiled_ms": c * 1e3,
             "reference_ms": t_ref * 1e3, "dense_equiv_ms": d * 1e3, "compiled_vs_dense": c / d,
-            "reference_vs_compiled": t_ref / c, "flops": 6 * per_sample * n}
+            "reference_vs_compiled": t_ref / c, "flops": flops(lambda: step(eager)),
+            "dense_equiv_flops": flops(lambda: dense(actor_net, critic_net)),
+            "dense_width": {"actor": actor_net[0].out_features, "critic": critic_net[0].out_features}}

@@ -1,0 +1,63 @@
+"""`graphnet bench`'s accounting: the per-sample work it counts and the dense MLP it sizes from that.
+(Its timings are the benchmark's output, not something a test can assert.)"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphnet
+from graphnet.compiler import build
+from graphnet.compiler.bench import bench, dense_mlp, macs_per_sample
+
+OBS, ACT, T, PER_TASK = 6, 2, 3, 4
+
+
+def work(name: str, **overrides) -> tuple[float, float]:
+    """Forward multiply-adds per sample of the actor and of one critic twin."""
+    spec = graphnet.load(name, graphnet.Sizes(obs=OBS, act=ACT, tasks=T), **overrides)
+    nets = build(spec, OBS, ACT, T, device="cpu")
+    n = T * PER_TASK
+    obs, act = torch.randn(n, OBS), torch.randn(n, ACT)
+    return macs_per_sample(nets.actor.trunk, obs, act, T), macs_per_sample(nets.critic.trunk, obs, act, T) / 2
+
+
+def mlp_macs(inp: int, H: int, N: int, out: int) -> int:
+    return inp * H + (N - 1) * H * H + H * out
+
+
+def test_mtsac_work_is_its_layers():
+    H, N = 16, 3
+    assert work("mtsac", H=H, N=N) == (mlp_macs(OBS + T, H, N, 2 * ACT), mlp_macs(OBS + ACT + T, H, N, 1))
+
+
+def test_ptsl_work_counts_every_use_of_its_shared_projections():
+    H, D, N = 16, 4, 2
+    def trunk(I: int, OUT: int) -> int:
+        first = I * D + D * D + I * H + D * H                  # own down projection, task layer, shared layer, up
+        middle = H * D + D * D + H * H + D * H                 # shared down again, task layer, shared layer, up again
+        head = H * OUT + H * D + D * OUT                       # shared output layer, down a third time, task output
+        return first + (N - 1) * middle + head
+    assert work("ptsl", H=H, D=D, N=N, g="none", proj="shared", first="down") == (trunk(OBS, 2 * ACT),
+                                                                                 trunk(OBS + ACT, 1))
+
+
+def test_paco_work_leaves_out_composing_the_task_weights():
+    """Per sample, PaCo evaluates one composed network: the work of the MT-SAC network of its shape."""
+    assert work("paco", K=2, H=16, N=2) == work("mtsac", H=16, N=2)
+
+
+@pytest.mark.parametrize("inp, out, macs", [(6, 4, 5_000), (43, 1, 160_000), (39, 8, 1_000_000)])
+def test_dense_mlp_is_the_widest_within_the_work(inp, out, macs):
+    def count(w: int) -> int:
+        return mlp_macs(inp, w, 3, out)
+    w = dense_mlp(inp, out, macs)[0].out_features
+    assert count(w) <= macs < count(w + 1)
+
+
+def test_bench_reports_its_figures():
+    spec = graphnet.load("ptsl", graphnet.Sizes(obs=OBS, act=ACT, tasks=T), H=16, D=4, N=2)
+    r = bench(spec, OBS, ACT, T, PER_TASK, reps=1)
+    assert {"compiled_ms", "reference_ms", "dense_equiv_ms", "flops", "dense_equiv_flops"} <= set(r)
+    assert r["batch"] == T * PER_TASK and min(r["compiled_ms"], r["reference_ms"], r["dense_equiv_ms"]) > 0
+    # the dense MLP does no more matmul work than the compiled networks, and at most one width step less
+    assert 0.8 * r["flops"] < r["dense_equiv_flops"] <= r["flops"]
