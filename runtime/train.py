@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 from tqdm import tqdm
 
 import graphnet
@@ -141,54 +142,73 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                 state["trees"], state["max_leaf"] = trees.tree, trees.max_leaf
         checkpoint.save(run_dir, state)
 
-    stop: list[str] = []
-    handlers = {s: signal.signal(s, lambda sig, _: stop.append(signal.Signals(sig).name))
-                for s in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=quiet, dynamic_ncols=True)
     next_checkpoint = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    try:
+    with stop_signals() as stop:
         # --- the loop: act, store, learn, evaluate, checkpoint -----------------------------------
-        while step < cfg.steps and not stop:
-            action = env.random_actions(rng) if step < cfg.warmup else policy(obs, deterministic=False)
-            next_obs, reward, terminated, episode_over, _ = env.step(action)
-            slot = replay.add(*(torch.as_tensor(x, device=device, dtype=torch.float32)
-                                for x in (obs, action, reward, next_obs, terminated)))
-            if trees is not None:
-                trees.add(tasks, torch.full((T,), slot, device=device))
-            obs = next_obs
-            step += 1
+        try:
+            while step < cfg.steps and not stop:
+                action = env.random_actions(rng) if step < cfg.warmup else policy(obs, deterministic=False)
+                next_obs, reward, terminated, episode_over, _ = env.step(action)
+                store(replay, trees, tasks, obs, action, reward, next_obs, terminated)
+                obs = next_obs
+                step += 1
 
-            if step >= max(cfg.warmup, refill_until):
-                batch = sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task)
-                metrics = sac.update(batch)
-                if trees is not None:
-                    trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
-            if sampler.every and step % sampler.every == 0:
-                sampler.regroup(nets.bank_table.detach())
+                if step >= max(cfg.warmup, refill_until):
+                    batch = sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task)
+                    metrics = sac.update(batch)
+                    if trees is not None:
+                        trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
+                if sampler.every and step % sampler.every == 0:
+                    sampler.regroup(nets.bank_table.detach())
 
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                success = evaluate(lambda o: policy(o, deterministic=True), eval_env, cfg.eval_episodes, cfg.seed)
-                log.evaluation(step, success)
-                log.scalars(step, {k: float(v.float().mean()) for k, v in metrics.items()})
-                bar.set_postfix(success=f"{success.mean():.2f}")
-            if episode_over:
-                env_state = env.get_state()
-                if step >= next_checkpoint:
-                    save()
-                    next_checkpoint += cfg.checkpoint_every
-                obs = env.reset()
-            bar.update(1)
-        save()
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        bar.close()
-        log.close()
-        env.close()
-        eval_env.close()
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    evaluate_and_log(policy, eval_env, cfg, log, step, metrics, bar)
+                if episode_over:
+                    env_state = env.get_state()
+                    if step >= next_checkpoint:
+                        save()
+                        next_checkpoint += cfg.checkpoint_every
+                    obs = env.reset()
+                bar.update(1)
+            save()
+        finally:
+            bar.close()
+            log.close()
+            env.close()
+            eval_env.close()
     if stop:
         print(f"{stop[0]}: checkpoint written at step {step:,}; continue with: graphnet train --resume {run_dir}")
     return run_dir
+
+
+@contextmanager
+def stop_signals():
+    """Collect SIGINT/SIGTERM instead of dying mid-update: the loop stops at the next step and checkpoints."""
+    stop: list[str] = []
+    handlers = {s: signal.signal(s, lambda sig, _: stop.append(signal.Signals(sig).name))
+                for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def store(replay: TaskReplay, trees: TaskSumTrees | None, tasks: Tensor, *transition: np.ndarray) -> None:
+    """One vector step (obs, action, reward, next_obs, terminated) into the replay, and its sum trees."""
+    slot = replay.add(*(torch.as_tensor(x, device=replay.device, dtype=torch.float32) for x in transition))
+    if trees is not None:
+        trees.add(tasks, torch.full((len(tasks),), slot, device=replay.device))
+
+
+def evaluate_and_log(policy: Callable[[np.ndarray, bool], np.ndarray], eval_env: MultiTaskEnv, cfg: RunConfig,
+                     log: RunLog, step: int, metrics: dict[str, Tensor], bar: tqdm,
+                     extra: dict[str, float] | None = None) -> None:
+    success = evaluate(lambda o: policy(o, True), eval_env, cfg.eval_episodes, cfg.seed)
+    log.evaluation(step, success)
+    log.scalars(step, {k: float(v.float().mean()) for k, v in metrics.items()} | (extra or {}))
+    bar.set_postfix(success=f"{success.mean():.2f}")
 
 
 @contextmanager

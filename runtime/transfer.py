@@ -41,7 +41,6 @@ transfer run does not resume. `load_transferred` reads its networks back.
 from __future__ import annotations
 
 import csv
-import signal
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -64,13 +63,12 @@ from ..train_config import TrainConfig, UniformSampling
 from . import checkpoint
 from .config import RunConfig
 from .envs import MultiTaskEnv, task_names
-from .evaluate import evaluate
 from .logs import RunLog, versions, write_json
 from .prioritized import TaskSumTrees
 from .replay import TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
-from .train import RunError, load_run_config, one_thread, sample_batch
+from .train import RunError, evaluate_and_log, load_run_config, one_thread, sample_batch, stop_signals, store
 
 EXPLORE_STEPS = 20_000      # TaCo, Table VII: transfer-stage exploration steps n_e
 NO_BANK = "transfer reuses the policy parameter set Phi: the spec needs bank(K) layers"
@@ -416,69 +414,59 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
             "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
             "env_state": env_state, "transfer": meta})
 
-    stop: list[str] = []
-    handlers = {s: signal.signal(s, lambda sig, _: stop.append(signal.Signals(sig).name))
-                for s in (signal.SIGINT, signal.SIGTERM)}
     bar = tqdm(total=cfg.steps, unit="step", disable=quiet, dynamic_ncols=True)
     next_checkpoint = cfg.checkpoint_every
     obs = env.reset(seed=cfg.seed)
     beta = space.explore(0, rng) if cfg.warmup else None
     point = space.point(beta) if cfg.warmup else None
     episode_start, episode_return, best = 0, 0.0, (-float("inf"), None)    # best: (mean reward, beta)
-    try:
-        while step < cfg.steps and not stop:
-            exploring = step < cfg.warmup
-            if step == cfg.warmup:                 # exploration over: SAC on w starts here
-                beta_start = best[1] if start == "best" and best[1] is not None else space.centroid
-                space.move_to(beta_start)
-                meta["w_start"], meta["beta_start"] = nets.bank_table[0].tolist(), beta_start.tolist()
-                write_json(run_dir / "transfer.json", meta)
-            action = policy(obs, deterministic=False, point=point if exploring else None)
-            next_obs, reward, terminated, episode_over, _ = env.step(action)
-            slot = replay.add(*(torch.as_tensor(x, device=device, dtype=torch.float32)
-                                for x in (obs, action, reward, next_obs, terminated)))
-            if trees is not None:
-                trees.add(tasks, torch.full((1,), slot, device=device))
-            obs = next_obs
-            step += 1
-            episode_return += float(reward[0]) if exploring else 0.0
+    with stop_signals() as stop:
+        try:
+            while step < cfg.steps and not stop:
+                exploring = step < cfg.warmup
+                if step == cfg.warmup:                 # exploration over: SAC on w starts here
+                    beta_start = best[1] if start == "best" and best[1] is not None else space.centroid
+                    space.move_to(beta_start)
+                    meta["w_start"], meta["beta_start"] = nets.bank_table[0].tolist(), beta_start.tolist()
+                    write_json(run_dir / "transfer.json", meta)
+                action = policy(obs, deterministic=False, point=point if exploring else None)
+                next_obs, reward, terminated, episode_over, _ = env.step(action)
+                store(replay, trees, tasks, obs, action, reward, next_obs, terminated)
+                obs = next_obs
+                step += 1
+                episode_return += float(reward[0]) if exploring else 0.0
 
-            batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
-            metrics = sac.update(batch, actor=not exploring)     # exploring: value function and temperature only
-            if trees is not None:
-                trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
+                batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
+                metrics = sac.update(batch, actor=not exploring)     # exploring: value function and temperature only
+                if trees is not None:
+                    trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
 
-            if exploring and (episode_over or step == cfg.warmup):
-                best = max(best, (episode_return / (step - episode_start), beta), key=lambda b: b[0])
-                explore_log.writerow([episode, episode_start, step - episode_start, f"{episode_return:.4f}",
-                                      *(f"{v:.6f}" for v in (*space.w(beta)[0].tolist(), *beta.tolist()))])
-                explore_file.flush()
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                success = evaluate(lambda o: policy(o, deterministic=True), eval_env, cfg.eval_episodes, cfg.seed)
-                log.evaluation(step, success)
-                log.scalars(step, {k: float(v.float().mean()) for k, v in metrics.items()}
-                            | {"w_norm": float(nets.bank_table.detach().norm())})
-                bar.set_postfix(success=f"{success.mean():.2f}")
-            if episode_over:
-                env_state = env.get_state()
-                if step >= next_checkpoint:
-                    save()
-                    next_checkpoint += cfg.checkpoint_every
-                obs = env.reset()
-                episode, episode_start, episode_return = episode + 1, step, 0.0
-                if step < cfg.warmup:
-                    beta = space.explore(episode, rng)
-                    point = space.point(beta)
-            bar.update(1)
-        save()
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-        bar.close()
-        log.close()
-        explore_file.close()
-        env.close()
-        eval_env.close()
+                if exploring and (episode_over or step == cfg.warmup):
+                    best = max(best, (episode_return / (step - episode_start), beta), key=lambda b: b[0])
+                    explore_log.writerow([episode, episode_start, step - episode_start, f"{episode_return:.4f}",
+                                          *(f"{v:.6f}" for v in (*space.w(beta)[0].tolist(), *beta.tolist()))])
+                    explore_file.flush()
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    evaluate_and_log(policy, eval_env, cfg, log, step, metrics, bar,
+                                     {"w_norm": float(nets.bank_table.detach().norm())})
+                if episode_over:
+                    env_state = env.get_state()
+                    if step >= next_checkpoint:
+                        save()
+                        next_checkpoint += cfg.checkpoint_every
+                    obs = env.reset()
+                    episode, episode_start, episode_return = episode + 1, step, 0.0
+                    if step < cfg.warmup:
+                        beta = space.explore(episode, rng)
+                        point = space.point(beta)
+                bar.update(1)
+            save()
+        finally:
+            bar.close()
+            log.close()
+            explore_file.close()
+            env.close()
+            eval_env.close()
     if stop:
         print(f"{stop[0]}: checkpoint written at step {step:,} (transfer runs do not resume)")
     return run_dir
