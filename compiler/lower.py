@@ -1,4 +1,8 @@
-"""Graph -> torch.fx: one GraphModule per trunk, built node by node (not traced), readable code."""
+"""Graph -> torch.fx: one GraphModule per trunk, built node by node (not traced), readable code.
+
+Values that depend on the task alone (`onehot(task)`, `meta(task)`, `embed(task)` and whatever is computed
+from them only, such as FiLM's gamma and beta or CARE's context encoder) are computed once per task, on T
+rows, and broadcast to the batch where a per-sample value first meets them."""
 from __future__ import annotations
 
 import re
@@ -21,6 +25,24 @@ def onehot(layout: TaskLayout) -> Tensor:
 def lookup(table: Tensor, layout: TaskLayout) -> Tensor:
     """Rows of a fixed per-task table (metadata embeddings), `[1, B, width]`."""
     return table[layout.task].unsqueeze(0)
+
+
+def per_task(layout: TaskLayout) -> TaskLayout:
+    """One row per task, task 0 first: the layout task-only values are computed on."""
+    return TaskLayout(torch.arange(layout.num_tasks, device=layout.task.device), layout.num_tasks, True)
+
+
+def to_samples(rows: Tensor, layout: TaskLayout) -> Tensor:
+    """A task-only value `[E, T, w]` at each sample's row, `[E, B, w]` (on a task-major batch a broadcast,
+    whose backward is a plain sum; otherwise a gather)."""
+    if not layout.major:
+        return rows[:, layout.task]
+    E, T, w = rows.shape
+    n = layout.task.shape[0] // T
+    return rows.unsqueeze(2).expand(E, T, n, w).reshape(E, T * n, w)
+
+
+TASK_ONLY_SOURCES = {"onehot", "meta", "embed"}
 
 
 def features(x: Tensor) -> Tensor:
@@ -53,10 +75,31 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
     if meta is not None:
         root.register_buffer("task_metadata", meta)
     values: dict[str, fx.Node] = {}
+    task_only: set[str] = set()            # nodes whose value is [E, T, w], one row per task
+    sampled: dict[str, fx.Node] = {}       # their broadcasts to the batch, made once where first needed
+    rows: list[fx.Node] = []               # the per-task layout, made on first use
+
+    def at_samples(node_id: str) -> fx.Node:
+        if node_id not in task_only:
+            return values[node_id]
+        if node_id not in sampled:
+            sampled[node_id] = graph.create_node("call_function", to_samples, (values[node_id], layout), {},
+                                                 name=f"{values[node_id].name}_per_sample")
+        return sampled[node_id]
+
     nodes = trunk_nodes(g, out or g.graph["outputs"][role])
     for n in nodes:
-        args = [values[i] for i in n.inputs]
         name = re.sub(r"\W", "_", n.label or n.op)
+        if n.op == "output":
+            graph.output(at_samples(n.inputs[0]))
+            break
+        if n.op in TASK_ONLY_SOURCES or (n.op != "input" and n.inputs and all(i in task_only for i in n.inputs)):
+            task_only.add(n.id)
+            if not rows:
+                rows.append(graph.create_node("call_function", per_task, (layout,), {}, name="tasks"))
+            args, this_layout = [values[i] for i in n.inputs], rows[0]
+        else:
+            args, this_layout = [at_samples(i) for i in n.inputs], layout
 
         def emit(kind: str, target, arguments: tuple, kwargs: dict | None = None) -> fx.Node:
             return graph.create_node(kind, target, arguments, kwargs or {}, name=name)
@@ -65,20 +108,17 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
             source = n.attrs["name"]
             values[n.id] = layout if source == "task" else emit("call_function", features, (placeholders[source],))
             continue
-        if n.op == "output":
-            graph.output(args[0])
-            break
         if n.module is not None:
             if n.module not in names:
                 names[n.module] = _unique(attr_name(n.module), root)
                 root.add_module(names[n.module], op_modules[n.module])
             ins = tuple(args) if n.op != "embed" else ()
-            values[n.id] = emit("call_module", names[n.module], ins, {"layout": layout})
+            values[n.id] = emit("call_module", names[n.module], ins, {"layout": this_layout})
         elif n.op == "onehot":
-            values[n.id] = emit("call_function", onehot, (layout,))
+            values[n.id] = emit("call_function", onehot, (this_layout,))
         elif n.op == "meta":
             table = graph.create_node("get_attr", "task_metadata", (), {})
-            values[n.id] = emit("call_function", lookup, (table, layout))
+            values[n.id] = emit("call_function", lookup, (table, this_layout))
         elif n.op == "concat":
             values[n.id] = emit("call_function", ops.cat, (args,))
         elif n.op == "scale":
@@ -86,7 +126,7 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
         else:
             values[n.id] = emit("call_function", ops.STATELESS[n.op], tuple(args))
     if nodes[-1].op != "output":  # a feature: its own node is the result
-        graph.output(values[nodes[-1].id])
+        graph.output(at_samples(nodes[-1].id))
     graph.lint()
     return fx.GraphModule(root, graph, class_name=f"{role.capitalize()}Trunk")
 
