@@ -1,8 +1,8 @@
 """Graph -> torch.fx: one GraphModule per trunk, built node by node (not traced), readable code.
 
 Values that depend on the task alone (`onehot(task)`, `meta(task)`, `embed(task)` and whatever is computed
-from them only, such as FiLM's gamma and beta or CARE's context encoder) are computed once per task, on T
-rows, and broadcast to the batch where a per-sample value first meets them."""
+from them only, such as Soft Modularization's task embedding or CARE's context encoder) are computed once
+per task, on T rows, and broadcast to the batch where a per-sample value first meets them."""
 from __future__ import annotations
 
 import re
