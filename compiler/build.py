@@ -11,7 +11,6 @@ from torch import Tensor, nn
 from .._spec import Spec
 from ..errors import GraphnetError
 from ..ir import modules, nodes
-from .allocator import retain_freed_memory
 from .lower import lower
 from .modules import ParamOp, TaskLayout
 
@@ -113,7 +112,5 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     if compile:
         for trunk in (actor.trunk, critic.trunk, critic_target.trunk):
             trunk.graph_module = torch.compile(trunk.graph_module, mode=None if compile is True else compile)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if device.type == "cpu":
-        retain_freed_memory()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return nets.to(device)
