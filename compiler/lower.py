@@ -42,6 +42,17 @@ def to_samples(rows: Tensor, layout: TaskLayout) -> Tensor:
     return rows.unsqueeze(2).expand(E, T, n, w).reshape(E, T * n, w)
 
 
+def film_rows(h: Tensor, coefficients: Tensor, layout: TaskLayout) -> Tensor:
+    """FiLM whose z depends on the task alone: gamma_t * h + beta_t from per-task coefficients `[E, T, 2H]`,
+    on a task-major batch without a per-sample copy of them (the linears ran on T rows, not B)."""
+    gamma, beta = coefficients.chunk(2, -1)
+    if not layout.major:
+        return gamma[:, layout.task] * h + beta[:, layout.task]
+    E, B, H = max(h.shape[0], coefficients.shape[0]), h.shape[1], h.shape[2]
+    per_task = h.reshape(h.shape[0], layout.num_tasks, B // layout.num_tasks, H)
+    return (per_task * gamma.unsqueeze(2) + beta.unsqueeze(2)).reshape(E, B, H)
+
+
 TASK_ONLY_SOURCES = {"onehot", "meta", "embed"}
 
 
@@ -93,13 +104,14 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
         if n.op == "output":
             graph.output(at_samples(n.inputs[0]))
             break
+        film_of_task = n.op == "film" and n.inputs[1] in task_only and n.inputs[0] not in task_only
         if n.op in TASK_ONLY_SOURCES or (n.op != "input" and n.inputs and all(i in task_only for i in n.inputs)):
             task_only.add(n.id)
             if not rows:
                 rows.append(graph.create_node("call_function", per_task, (layout,), {}, name="tasks"))
             args, this_layout = [values[i] for i in n.inputs], rows[0]
-        else:
-            args, this_layout = [at_samples(i) for i in n.inputs], layout
+        else:   # FiLM of a task-only z reads z's rows itself (film_rows)
+            args, this_layout = [at_samples(i) for i in n.inputs[:1 if film_of_task else None]], layout
 
         def emit(kind: str, target, arguments: tuple, kwargs: dict | None = None) -> fx.Node:
             return graph.create_node(kind, target, arguments, kwargs or {}, name=name)
@@ -108,10 +120,14 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
             source = n.attrs["name"]
             values[n.id] = layout if source == "task" else emit("call_function", features, (placeholders[source],))
             continue
-        if n.module is not None:
-            if n.module not in names:
-                names[n.module] = _unique(attr_name(n.module), root)
-                root.add_module(names[n.module], op_modules[n.module])
+        if n.module is not None and n.module not in names:
+            names[n.module] = _unique(attr_name(n.module), root)
+            root.add_module(names[n.module], op_modules[n.module])
+        if film_of_task:
+            coefficients = graph.create_node("call_module", names[n.module], (values[n.inputs[1]],),
+                                             {"layout": rows[0], "part": "coefficients"}, name=f"{name}_coefficients")
+            values[n.id] = emit("call_function", film_rows, (args[0], coefficients, layout))
+        elif n.module is not None:
             ins = tuple(args) if n.op != "embed" else ()
             values[n.id] = emit("call_module", names[n.module], ins, {"layout": this_layout})
         elif n.op == "onehot":

@@ -63,7 +63,9 @@ class ParamOp(nn.Module):
             self.params[name] = nn.Parameter(p)
         self.table = bank_table  # one tensor shared by every bank module of actor and critic
 
-    def forward(self, *xs: Tensor, layout: TaskLayout) -> Tensor:
+    def forward(self, *xs: Tensor, layout: TaskLayout, part: str | None = None) -> Tensor:
+        """The op on `xs`; `part` names a piece of it instead (ops.PARTS), e.g. FiLM's coefficients."""
+        fn = self.fn if part is None else ops.PARTS[self.op][part]
         p = dict(self.params.items())
         if self.op == "embed":
             return p["table"][:, layout.task]
@@ -72,31 +74,31 @@ class ParamOp(nn.Module):
         xs = tuple(x.expand(E, *x.shape[1:]) for x in xs)
         p = {k: v.expand(E, *v.shape[1:]) for k, v in p.items()}
         if self.sharing == "shared":  # squeeze, not [:, 0]: a view whose backward writes no zeros
-            return self.fn({k: v.squeeze(1) for k, v in p.items()}, *xs, **self.attrs)
+            return fn({k: v.squeeze(1) for k, v in p.items()}, *xs, **self.attrs)
         if self.sharing == "task":
-            return self._per_task(p, xs, layout)
-        return self._bank(p, xs, layout)
+            return self._per_task(fn, p, xs, layout)
+        return self._bank(fn, p, xs, layout)
 
-    def _per_task(self, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
+    def _per_task(self, fn, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
         E, B, T = xs[0].shape[0], xs[0].shape[1], layout.num_tasks
         if layout.major:
             folded = [x.reshape(E * T, B // T, *x.shape[2:]) for x in xs]
-            out = self.fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
+            out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
             return out.reshape(E, B, *out.shape[2:])
         perm, counts, inverse = layout.order
         chunks = [x[:, perm].split(counts, dim=1) for x in xs]
-        outs = [self.fn({k: v[:, t] for k, v in p.items()}, *(c[t] for c in chunks), **self.attrs)
+        outs = [fn({k: v[:, t] for k, v in p.items()}, *(c[t] for c in chunks), **self.attrs)
                 for t in range(T) if counts[t]]
         return torch.cat(outs, 1)[:, inverse]
 
-    def _bank(self, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
+    def _bank(self, fn, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
         w = self.table
         T, K = w.shape
         B = xs[0].shape[1]
         if self.op in ops.LINEAR_IN_PARAMS and B * K < T * K + B:
             E = xs[0].shape[0]
             folded = [x.unsqueeze(1).expand(E, K, *x.shape[1:]).reshape(E * K, *x.shape[1:]) for x in xs]
-            out = self.fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
+            out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
             return torch.einsum("ekbo,bk->ebo", out.view(E, K, *out.shape[1:]), w[layout.task])
         # theta_t = sum_k w[t, k] Phi_k for every task, laid out [E, T, ...] for the task path. On the CPU one
         # bmm per ensemble member (w copied to a real batch: over a stride-0 batch it took 5x longer). On CUDA
@@ -110,4 +112,4 @@ class ParamOp(nn.Module):
             else:
                 mixed = torch.bmm(w.expand(E, T, K).contiguous(), v.reshape(E, K, -1))
             composed[k] = mixed.reshape(E, T, *v.shape[2:])
-        return self._per_task(composed, xs, layout)
+        return self._per_task(fn, composed, xs, layout)

@@ -130,6 +130,11 @@ def film(p, h, z, **_):
     return _lin(p, z, "gamma_") * h + _lin(p, z, "beta_")
 
 
+def film_coefficients(p, z, **_):
+    """FiLM's gamma(z) and beta(z), side by side: the part of film that reads z alone."""
+    return torch.cat([_lin(p, z, "gamma_"), _lin(p, z, "beta_")], -1)
+
+
 def affine(p, h, z, **_):
     """M(z) h + beta(z) with M(z) = reshape(z W + b): as sum_j z'_j (A_j h), z' = [1, z], A_0 = reshape(b),
     A_j = reshape(W_j): one matmul of h against every A_j, never a per-sample n x n matrix."""
@@ -184,6 +189,9 @@ def mixture(p, x, a, layers: int, **_):
 # ops whose output is linear in their parameters: for these, mixing the outputs of a bank's K copies
 # equals composing the parameters first, so bank(K) may take whichever is cheaper
 LINEAR_IN_PARAMS = {"linear", "layernorm", "film", "affine"}
+
+# pieces of ops the lowering may compute apart (on other rows than the rest: see lower.film_rows)
+PARTS: dict[str, dict[str, Callable]] = {"film": {"coefficients": film_coefficients}}
 
 PARAMETRIC: dict[str, Callable] = {"linear": linear, "layernorm": layernorm, "combine": combine, "film": film,
                                    "affine": affine, "router": router, "modular": modular, "mixture": mixture}
