@@ -1,10 +1,11 @@
 """`graphnet bench`: compiled networks vs the reference interpreter vs a dense MLP doing the same
 per-sample work, timed side by side in one run (ratios matter; absolute times only on a quiet machine).
 
-"The same per-sample work" is counted, not assumed: torch's FlopCounterMode counts each trunk's matmul
-multiply-adds per sample, and the dense MLP is the widest whose own count is no larger. Counting
-parameters instead undercounts specs that reuse a layer (PTSL applies its shared projections at every
-layer: 1.23x the multiply-adds of a dense MLP with its per-task parameter count)."""
+"The same per-sample work" is counted, not assumed: torch's FlopCounterMode counts the matmul
+multiply-adds of the reference interpreter on one sample (the spec's meaning, whatever the compiler
+does with it), and the dense MLP is the widest whose own count is no larger. Counting parameters
+instead undercounts specs that reuse a layer (PTSL applies its shared projections at every layer: 1.23x
+the multiply-adds of a dense MLP with its per-task parameter count)."""
 from __future__ import annotations
 
 import time
@@ -16,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .._spec import Spec
 from ..ir import nodes
-from .build import build
+from .build import AgentNets, build
 from .reference import reference_trunk
 
 
@@ -36,16 +37,13 @@ def flops(fn: Callable[[], object]) -> int:
     return counter.get_total_flops()
 
 
-def macs_per_sample(trunk: nn.Module, obs: Tensor, act: Tensor, tasks: int) -> float:
-    """Multiply-adds per sample of a trunk's forward on this task-major batch, all ensemble members
-    together: counted on it and on it twice over, so work done once per batch (a bank composing per-task
-    weights) drops out while every layer keeps the strategy it takes at this batch size."""
-    def at(copies: int) -> int:
-        x, a = (t.view(tasks, 1, -1, t.shape[-1]).expand(-1, copies, -1, -1).reshape(-1, t.shape[-1]) for t in (obs, act))
-        task = torch.arange(tasks, device=obs.device).repeat_interleave(len(x) // tasks)
-        with torch.no_grad():
-            return flops(lambda: trunk(x, task, a, True))
-    return (at(2) - at(1)) / (2 * len(obs))
+def macs_per_sample(nets: AgentNets, role: str, obs: Tensor, act: Tensor, tasks: int) -> float:
+    """Multiply-adds per sample of the spec's own per-sample function: the reference interpreter's
+    matmuls on one sample per task, all ensemble members together. What the compiler saves (FiLM's
+    coefficients computed per task, not per sample) or adds (a bank's composition) does not count."""
+    task = torch.arange(tasks, device=obs.device)
+    with torch.no_grad():
+        return flops(lambda: reference_trunk(nets, role, obs[:tasks], task, act[:tasks])) / (2 * tasks)
 
 
 def median_seconds(fn: Callable[[], None], reps: int) -> float:
@@ -73,8 +71,8 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
     n = tasks * batch_per_task
     obs, act = torch.randn(n, obs_dim, device=device), torch.rand(n, act_dim, device=device) * 2 - 1
     task = torch.arange(tasks, device=device).repeat_interleave(batch_per_task)
-    actor_net = dense_mlp(obs_dim, 2 * act_dim, macs_per_sample(eager.actor.trunk, obs, act, tasks)).to(device)
-    critic_net = dense_mlp(obs_dim + act_dim, 1, macs_per_sample(eager.critic.trunk, obs, act, tasks) / 2).to(device)
+    actor_net = dense_mlp(obs_dim, 2 * act_dim, macs_per_sample(eager, "actor", obs, act, tasks)).to(device)
+    critic_net = dense_mlp(obs_dim + act_dim, 1, macs_per_sample(eager, "critic", obs, act, tasks) / 2).to(device)
     actor_fn, critic_fn = actor_net, critic_net
     if compile:
         mode = None if compile is True else compile

@@ -16,9 +16,8 @@ def work(name: str, **overrides) -> tuple[float, float]:
     """Forward multiply-adds per sample of the actor and of one critic twin."""
     spec = graphnet.load(name, graphnet.Sizes(obs=OBS, act=ACT, tasks=T), **overrides)
     nets = build(spec, OBS, ACT, T, device="cpu")
-    n = T * PER_TASK
-    obs, act = torch.randn(n, OBS), torch.randn(n, ACT)
-    return macs_per_sample(nets.actor.trunk, obs, act, T), macs_per_sample(nets.critic.trunk, obs, act, T) / 2
+    obs, act = torch.randn(T, OBS), torch.randn(T, ACT)
+    return macs_per_sample(nets, "actor", obs, act, T), macs_per_sample(nets, "critic", obs, act, T) / 2
 
 
 def mlp_macs(inp: int, H: int, N: int, out: int) -> int:
@@ -44,6 +43,14 @@ def test_ptsl_work_counts_every_use_of_its_shared_projections():
 def test_paco_work_leaves_out_composing_the_task_weights():
     """Per sample, PaCo evaluates one composed network: the work of the MT-SAC network of its shape."""
     assert work("paco", K=2, H=16, N=2) == work("mtsac", H=16, N=2)
+
+
+def test_film_work_is_the_specs_not_the_compilers():
+    """FiLM's gamma and beta read onehot(task): the compiled networks compute them once per task, but
+    the spec's per-sample function has them for every sample, and that is the work counted."""
+    H, N, Z = 16, 2, T
+    trunk = lambda I, OUT: I * H + (N - 1) * H * H + N * 2 * Z * H + H * OUT
+    assert work("film", H=H, N=N) == (trunk(OBS, 2 * ACT), trunk(OBS + ACT, 1))
 
 
 @pytest.mark.parametrize("inp, out, macs", [(6, 4, 5_000), (43, 1, 160_000), (39, 8, 1_000_000)])
