@@ -53,6 +53,27 @@ def film_rows(h: Tensor, coefficients: Tensor, layout: TaskLayout) -> Tensor:
     return (per_task * gamma.unsqueeze(2) + beta.unsqueeze(2)).reshape(E, B, H)
 
 
+def affine_rows(h: Tensor, coefficients: Tensor, layout: TaskLayout) -> Tensor:
+    """D-Grad's affine whose z depends on the task alone: M_t h + beta_t with one n x n matrix per task
+    (`coefficients` `[E, T, n*n + n]`), so each sample costs n^2 multiply-adds, not (Z + 1) n^2."""
+    E, B, n, T = max(h.shape[0], coefficients.shape[0]), h.shape[1], h.shape[2], layout.num_tasks
+    coefficients, h = coefficients.expand(E, -1, -1), h.expand(E, -1, -1)
+    matrices = coefficients[..., :n * n].reshape(E, T, n, n).transpose(-1, -2)    # h @ M^T, row vectors
+    beta = coefficients[..., n * n:]
+    if layout.major:
+        out = torch.bmm(h.reshape(E * T, B // T, n), matrices.reshape(E * T, n, n)) + beta.reshape(E * T, 1, n)
+        return out.reshape(E, B, n)
+    perm, counts, inverse = layout.order
+    chunks = h[:, perm].split(counts, 1)
+    outs = [chunks[t] @ matrices[:, t] + beta[:, t:t + 1] for t in range(T) if counts[t]]
+    return torch.cat(outs, 1)[:, inverse]
+
+
+# ops whose second input may depend on the task alone: the op's part that reads it runs on one row per
+# task (ops.PARTS) and these apply the result to the samples
+TASK_CONDITIONED = {"film": film_rows, "affine": affine_rows}
+
+
 TASK_ONLY_SOURCES = {"onehot", "meta", "embed"}
 
 
@@ -104,14 +125,14 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
         if n.op == "output":
             graph.output(at_samples(n.inputs[0]))
             break
-        film_of_task = n.op == "film" and n.inputs[1] in task_only and n.inputs[0] not in task_only
+        of_task = n.op in TASK_CONDITIONED and n.inputs[1] in task_only and n.inputs[0] not in task_only
         if n.op in TASK_ONLY_SOURCES or (n.op != "input" and n.inputs and all(i in task_only for i in n.inputs)):
             task_only.add(n.id)
             if not rows:
                 rows.append(graph.create_node("call_function", per_task, (layout,), {}, name="tasks"))
             args, this_layout = [values[i] for i in n.inputs], rows[0]
-        else:   # FiLM of a task-only z reads z's rows itself (film_rows)
-            args, this_layout = [at_samples(i) for i in n.inputs[:1 if film_of_task else None]], layout
+        else:   # FiLM or affine of a task-only z reads z's rows itself (TASK_CONDITIONED)
+            args, this_layout = [at_samples(i) for i in n.inputs[:1 if of_task else None]], layout
 
         def emit(kind: str, target, arguments: tuple, kwargs: dict | None = None) -> fx.Node:
             return graph.create_node(kind, target, arguments, kwargs or {}, name=name)
@@ -123,10 +144,10 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
         if n.module is not None and n.module not in names:
             names[n.module] = _unique(attr_name(n.module), root)
             root.add_module(names[n.module], op_modules[n.module])
-        if film_of_task:
+        if of_task:
             coefficients = graph.create_node("call_module", names[n.module], (values[n.inputs[1]],),
                                              {"layout": rows[0], "part": "coefficients"}, name=f"{name}_coefficients")
-            values[n.id] = emit("call_function", film_rows, (args[0], coefficients, layout))
+            values[n.id] = emit("call_function", TASK_CONDITIONED[n.op], (args[0], coefficients, layout))
         elif n.module is not None:
             ins = tuple(args) if n.op != "embed" else ()
             values[n.id] = emit("call_module", names[n.module], ins, {"layout": this_layout})

@@ -190,8 +190,14 @@ def mixture(p, x, a, layers: int, **_):
 # equals composing the parameters first, so bank(K) may take whichever is cheaper
 LINEAR_IN_PARAMS = {"linear", "layernorm", "film", "affine"}
 
-# pieces of ops the lowering may compute apart (on other rows than the rest: see lower.film_rows)
-PARTS: dict[str, dict[str, Callable]] = {"film": {"coefficients": film_coefficients}}
+def affine_coefficients(p, z, **_):
+    """D-Grad's M(z) (flattened row-major, n x n) and beta(z), side by side: the part of affine that reads z alone."""
+    return torch.cat([_lin(p, z, "matrix_"), _lin(p, z, "shift_")], -1)
+
+
+# pieces of ops the lowering may compute apart, on one row per task (see lower.TASK_CONDITIONED)
+PARTS: dict[str, dict[str, Callable]] = {"film": {"coefficients": film_coefficients},
+                                         "affine": {"coefficients": affine_coefficients}}
 
 PARAMETRIC: dict[str, Callable] = {"linear": linear, "layernorm": layernorm, "combine": combine, "film": film,
                                    "affine": affine, "router": router, "modular": modular, "mixture": mixture}
