@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from functools import cached_property
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -79,7 +80,7 @@ class ParamOp(nn.Module):
             return self._per_task(fn, p, xs, layout)
         return self._bank(fn, p, xs, layout)
 
-    def _per_task(self, fn, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
+    def _per_task(self, fn: Callable, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
         E, B, T = xs[0].shape[0], xs[0].shape[1], layout.num_tasks
         if layout.major:
             folded = [x.reshape(E * T, B // T, *x.shape[2:]) for x in xs]
@@ -91,7 +92,7 @@ class ParamOp(nn.Module):
                 for t in range(T) if counts[t]]
         return torch.cat(outs, 1)[:, inverse]
 
-    def _bank(self, fn, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
+    def _bank(self, fn: Callable, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
         w = self.table
         T, K = w.shape
         B = xs[0].shape[1]

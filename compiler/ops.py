@@ -145,6 +145,11 @@ def affine(p, h, z, **_):
     return (z1 @ u).squeeze(-2) + _lin(p, z, "shift_")
 
 
+def affine_coefficients(p, z, **_):
+    """D-Grad's M(z) (flattened row-major, n x n) and beta(z), side by side: the part of affine that reads z alone."""
+    return torch.cat([_lin(p, z, "matrix_"), _lin(p, z, "shift_")], -1)
+
+
 def router(p, e, layers: int, modules: int, **_):
     """Soft Modularization's routing: p^1 = softmax(lin(relu(g))), later p^l from the earlier routings
     times the gating embedding g = lin(e); the last layer gives the M-way output weights."""
@@ -190,12 +195,8 @@ def mixture(p, x, a, layers: int, **_):
 # equals composing the parameters first, so bank(K) may take whichever is cheaper
 LINEAR_IN_PARAMS = {"linear", "layernorm", "film", "affine"}
 
-def affine_coefficients(p, z, **_):
-    """D-Grad's M(z) (flattened row-major, n x n) and beta(z), side by side: the part of affine that reads z alone."""
-    return torch.cat([_lin(p, z, "matrix_"), _lin(p, z, "shift_")], -1)
 
-
-# pieces of ops the lowering may compute apart, on one row per task (see lower.TASK_CONDITIONED)
+# pieces of ops the lowering may compute apart, on one row per task (see task_rows.TASK_CONDITIONED)
 PARTS: dict[str, dict[str, Callable]] = {"film": {"coefficients": film_coefficients},
                                          "affine": {"coefficients": affine_coefficients}}
 
