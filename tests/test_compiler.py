@@ -15,7 +15,9 @@ bank copies (PaCo's Phi) take part. Checked:
   only what it shares with the live critic;
 - PaCo's special cases (Sun et al. 2022, section 4.3): K = 1 is one shared network, one-hot w with
   K = T is T independent networks, and bank output layers with one-hot w are a multi-head network;
-- each trunk is a readable torch.fx GraphModule that names the spec's labels.
+- each trunk is a readable torch.fx GraphModule that names the spec's labels;
+- FiLM's and D-Grad's coefficients of onehot(task) are built per task, not per sample (counted work);
+- on a CUDA device (skipped without one): the reference equalities, and torch.compile == eager.
 """
 from __future__ import annotations
 
@@ -345,3 +347,31 @@ def test_torch_compile_matches_eager():
     for a, b in zip(compiled.critic(obs, act, task, True), eager.critic(obs, act, task, True)):
         assert torch.allclose(a, b, atol=1e-6)
     assert torch.allclose(compiled.actor(obs, task, True)[0], eager.actor(obs, task, True)[0], atol=1e-6)
+
+
+# ------------------------------------------------------------------ work done once per task, not per sample
+def compiled_macs_per_sample(nets: AgentNets, role: str) -> float:
+    """Matmul multiply-adds per sample of a compiled trunk's forward (all ensemble members): the
+    difference between task-major batches of 8 and 4 samples per task, so per-batch work drops out."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def at(per_task: int) -> int:
+        obs, act, task = batch(torch.arange(T).repeat_interleave(per_task))
+        trunk = getattr(nets, role).trunk
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            trunk(obs, task, act, True)
+        return counter.get_total_flops()
+    return (at(8) - at(4)) / (2 * 4 * T)
+
+
+def test_task_conditioned_film_and_affine_cost_no_per_sample_coefficients():
+    """FiLM's gamma/beta and D-Grad's matrix M of onehot(task) are built once per task: per sample only
+    the layers and the application remain (the spec's per-sample function has (T + 1) n^2 for M)."""
+    H, N, I, OUT = 8, 2, OBS, 2 * ACT
+    film = make("film", H=H, N=N)
+    assert compiled_macs_per_sample(film, "actor") == I * H + (N - 1) * H * H + H * OUT
+    dgrad = make("dgrad_a", H=H, N=N)
+    assert compiled_macs_per_sample(dgrad, "actor") == I * H + (N - 1) * H * H + N * H * H + H * OUT
+    for name in ("film", "dgrad_a"):
+        code = make(name, H=H, N=N).actor.trunk.graph_module.code
+        assert "film_rows" in code or "affine_rows" in code, code
