@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png")
     p.set_defaults(fn=cmd_plot)
-    p = sub.add_parser("bench", help="time compiled vs reference vs a dense MLP of the same per-sample size; "
+    p = sub.add_parser("bench", help="time compiled vs reference vs a dense MLP doing the same per-sample work; "
                                      "--train: env and update throughput of training")
     p.add_argument("spec", metavar="SPEC")
     _env_args(p)
