@@ -67,7 +67,8 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
     reads_meta = any(node.op == "meta" for node in nodes(spec.graph_for(obs_dim, act_dim, tasks)))
     meta = torch.randn(tasks, 768) if reads_meta else None  # stand-in description embeddings
     eager = build(spec, obs_dim, act_dim, tasks, device=device, task_metadata=meta)
-    nets = build(spec, obs_dim, act_dim, tasks, device=device, compile=compile, task_metadata=meta) if compile else eager
+    nets = eager if not compile else build(spec, obs_dim, act_dim, tasks, device=device, compile=compile,
+                                           task_metadata=meta)
     n = tasks * batch_per_task
     obs, act = torch.randn(n, obs_dim, device=device), torch.rand(n, act_dim, device=device) * 2 - 1
     task = torch.arange(tasks, device=device).repeat_interleave(batch_per_task)

@@ -58,7 +58,6 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
     values: dict[str, fx.Node] = {}
     task_only: set[str] = set()            # nodes whose value is [E, T, w], one row per task
     sampled: dict[str, fx.Node] = {}       # their broadcasts to the batch, made once where first needed
-    rows: list[fx.Node] = []               # the per-task layout, made on first use
 
     def at_samples(node_id: str) -> fx.Node:
         if node_id not in task_only:
@@ -69,6 +68,8 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
         return sampled[node_id]
 
     nodes = trunk_nodes(g, out or g.graph["outputs"][role])
+    rows = (graph.create_node("call_function", per_task, (layout,), {}, name="tasks")   # the per-task layout
+            if any(n.op in TASK_ONLY_SOURCES for n in nodes) else None)
     for n in nodes:
         name = re.sub(r"\W", "_", n.label or n.op)
         if n.op == "output":
@@ -77,9 +78,7 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
         of_task = n.op in TASK_CONDITIONED and n.inputs[1] in task_only and n.inputs[0] not in task_only
         if n.op in TASK_ONLY_SOURCES or (n.op != "input" and n.inputs and all(i in task_only for i in n.inputs)):
             task_only.add(n.id)
-            if not rows:
-                rows.append(graph.create_node("call_function", per_task, (layout,), {}, name="tasks"))
-            args, this_layout = [values[i] for i in n.inputs], rows[0]
+            args, this_layout = [values[i] for i in n.inputs], rows
         else:   # FiLM or affine of a task-only z reads z's rows itself (TASK_CONDITIONED)
             args, this_layout = [at_samples(i) for i in n.inputs[:1 if of_task else None]], layout
 
@@ -95,7 +94,7 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
             root.add_module(names[n.module], op_modules[n.module])
         if of_task:
             coefficients = graph.create_node("call_module", names[n.module], (values[n.inputs[1]],),
-                                             {"layout": rows[0], "part": "coefficients"}, name=f"{name}_coefficients")
+                                             {"layout": rows, "part": "coefficients"}, name=f"{name}_coefficients")
             values[n.id] = emit("call_function", TASK_CONDITIONED[n.op], (args[0], coefficients, layout))
         elif n.module is not None:
             ins = tuple(args) if n.op != "embed" else ()

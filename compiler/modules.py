@@ -29,6 +29,14 @@ class TaskLayout:
         inverse[perm] = torch.arange(len(perm), device=perm.device)
         return perm, counts, inverse
 
+    def by_task(self, fn: Callable[..., Tensor], *xs: Tensor) -> Tensor:
+        """`fn(t, *task t's samples of each x)` for every task that has samples (the general path),
+        concatenated back into the batch's order along dim 1."""
+        perm, counts, inverse = self.order
+        chunks = [x[:, perm].split(counts, dim=1) for x in xs]
+        outs = [fn(t, *(c[t] for c in chunks)) for t in range(self.num_tasks) if counts[t]]
+        return torch.cat(outs, 1)[:, inverse]
+
     @staticmethod
     def is_major(task: Tensor, num_tasks: int) -> bool:
         n, rem = divmod(task.shape[0], num_tasks)
@@ -86,11 +94,7 @@ class ParamOp(nn.Module):
             folded = [x.reshape(E * T, B // T, *x.shape[2:]) for x in xs]
             out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
             return out.reshape(E, B, *out.shape[2:])
-        perm, counts, inverse = layout.order
-        chunks = [x[:, perm].split(counts, dim=1) for x in xs]
-        outs = [fn({k: v[:, t] for k, v in p.items()}, *(c[t] for c in chunks), **self.attrs)
-                for t in range(T) if counts[t]]
-        return torch.cat(outs, 1)[:, inverse]
+        return layout.by_task(lambda t, *chunks: fn({k: v[:, t] for k, v in p.items()}, *chunks, **self.attrs), *xs)
 
     def _bank(self, fn: Callable, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
         w = self.table

@@ -32,9 +32,10 @@ def to_samples(rows: Tensor, layout: TaskLayout) -> Tensor:
 def film_rows(h: Tensor, coefficients: Tensor, layout: TaskLayout) -> Tensor:
     """FiLM whose z depends on the task alone: gamma_t * h + beta_t from per-task coefficients `[E, T, 2H]`,
     on a task-major batch without a per-sample copy of them (the linears ran on T rows, not B)."""
-    gamma, beta = coefficients.chunk(2, -1)
     if not layout.major:
-        return gamma[:, layout.task] * h + beta[:, layout.task]
+        gamma, beta = to_samples(coefficients, layout).chunk(2, -1)
+        return gamma * h + beta
+    gamma, beta = coefficients.chunk(2, -1)
     E, B, H = max(h.shape[0], coefficients.shape[0]), h.shape[1], h.shape[2]
     per_task = h.reshape(h.shape[0], layout.num_tasks, B // layout.num_tasks, H)
     return (per_task * gamma.unsqueeze(2) + beta.unsqueeze(2)).reshape(E, B, H)
@@ -50,10 +51,7 @@ def affine_rows(h: Tensor, coefficients: Tensor, layout: TaskLayout) -> Tensor:
     if layout.major:
         out = torch.bmm(h.reshape(E * T, B // T, n), matrices.reshape(E * T, n, n)) + beta.reshape(E * T, 1, n)
         return out.reshape(E, B, n)
-    perm, counts, inverse = layout.order
-    chunks = h[:, perm].split(counts, 1)
-    outs = [chunks[t] @ matrices[:, t] + beta[:, t:t + 1] for t in range(T) if counts[t]]
-    return torch.cat(outs, 1)[:, inverse]
+    return layout.by_task(lambda t, samples: samples @ matrices[:, t] + beta[:, t:t + 1], h)
 
 
 # ops whose second input may depend on the task alone: the op's part that reads it runs on one row per
