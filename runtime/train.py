@@ -79,14 +79,9 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                        "with graphnet train")
     if resume and saved is not None and saved["spec_hash"] != spec.hash:
         raise RunError(f"the spec changed since this run started (hash {saved['spec_hash']}, now {spec.hash})")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    warnings.filterwarnings("ignore", module="gymnasium")
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device, rng = start_run(cfg)
 
     # --- the run: environments, networks, SAC, replay, task sampling ----------------------------
-    torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
     T = env.num_tasks
     nets = build(spec, env.obs_dim, env.act_dim, T, device=device)
     sac = SAC(nets, cfg.train, env.act_dim)
@@ -180,6 +175,15 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     if stop:
         print(f"{stop[0]}: checkpoint written at step {step:,}; continue with: graphnet train --resume {run_dir}")
     return run_dir
+
+
+def start_run(cfg: RunConfig) -> tuple[torch.device, np.random.Generator]:
+    """What every run sets first: torch's threads, gymnasium's warnings off, the device, seeded generators."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    warnings.filterwarnings("ignore", module="gymnasium")
+    torch.manual_seed(cfg.seed)
+    return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")), np.random.default_rng(cfg.seed)
 
 
 @contextmanager

@@ -41,7 +41,6 @@ transfer run does not resume. `load_transferred` reads its networks back.
 from __future__ import annotations
 
 import csv
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -68,7 +67,7 @@ from .prioritized import TaskSumTrees
 from .replay import TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
-from .train import RunError, evaluate_and_log, load_run_config, one_thread, sample_batch, stop_signals, store
+from .train import RunError, evaluate_and_log, load_run_config, one_thread, sample_batch, start_run, stop_signals, store
 
 EXPLORE_STEPS = 20_000      # TaCo, Table VII: transfer-stage exploration steps n_e
 NO_BANK = "transfer reuses the policy parameter set Phi: the spec needs bank(K) layers"
@@ -350,12 +349,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
     try:
         if env.num_tasks != 1:
             raise TransferError(f"transfer learns one new task; the environment has {env.num_tasks}")
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
-        warnings.filterwarnings("ignore", module="gymnasium")
-        device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        torch.manual_seed(cfg.seed)
-        rng = np.random.default_rng(cfg.seed)
+        device, rng = start_run(cfg)
         nets, space, info = transfer_nets(source, env.obs_dim, env.act_dim, device)
     except BaseException:
         env.close()
