@@ -105,16 +105,46 @@ class ParamOp(nn.Module):
             folded = [x.unsqueeze(1).expand(E, K, *x.shape[1:]).reshape(E * K, *x.shape[1:]) for x in xs]
             out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
             return torch.einsum("ekbo,bk->ebo", out.view(E, K, *out.shape[1:]), w[layout.task])
-        # theta_t = sum_k w[t, k] Phi_k for every task, laid out [E, T, ...] for the task path. On the CPU one
-        # bmm per ensemble member (w copied to a real batch: over a stride-0 batch it took 5x longer). On CUDA
-        # one mm over [K, E * P]: cuBLAS runs bmm's backward for w, [T, P] @ [P, K], without splitting P,
-        # and that one kernel took 78 % of PaCo's update on an H100 (measured)
+        # theta_t = sum_k w[t, k] Phi_k for every task, laid out [E, T, ...] for the task path. On CUDA one mm
+        # over [K, E * P]: cuBLAS runs bmm's backward for w, [T, P] @ [P, K], without splitting P, and that
+        # one kernel took 78 % of PaCo's update on an H100 (measured)
         composed = {}
         for k, v in p.items():
             E = v.shape[0]
             if v.is_cuda:
                 mixed = (w @ v.reshape(E, K, -1).transpose(0, 1).reshape(K, -1)).view(T, E, -1).transpose(0, 1)
+                composed[k] = mixed.reshape(E, T, *v.shape[2:])
             else:
-                mixed = torch.bmm(w.expand(E, T, K).contiguous(), v.reshape(E, K, -1))
-            composed[k] = mixed.reshape(E, T, *v.shape[2:])
+                composed[k] = _Compose.apply(w, v)
         return self._per_task(fn, composed, xs, layout)
+
+
+class _Compose(torch.autograd.Function):
+    """theta[e, t] = sum_k w[t, k] Phi[e, k] on the CPU: w `[T, K]`, Phi `[E, K, *shape]` -> `[E, T, *shape]`.
+
+    Forward is one bmm per ensemble member (w copied to a real batch: over a stride-0 batch it took 5x
+    longer). The gradient for w reduces over all P = prod(shape) entries: as one [T, P] @ [P, K] matmul MKL
+    ran it on one thread at less than half the speed of copying those bytes (PaCo's 400 x 400 layer:
+    0.88 ms at one thread, 0.83 at two), so it is split along shape's first axis into a batch of R
+    products whose results are summed (0.40 and 0.21 ms). In PaCo's fwd+bwd at two threads: 4.4 -> 2.0 ms.
+    """
+
+    @staticmethod
+    def forward(ctx, w: Tensor, phi: Tensor) -> Tensor:
+        E, K, T = phi.shape[0], phi.shape[1], w.shape[0]
+        w_batch = w.expand(E, T, K).contiguous()
+        ctx.save_for_backward(w_batch, phi)
+        return torch.bmm(w_batch, phi.reshape(E, K, -1)).view(E, T, *phi.shape[2:])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        w_batch, phi = ctx.saved_tensors
+        E, K, T = phi.shape[0], phi.shape[1], w_batch.shape[1]
+        R = phi.shape[2] if phi.dim() > 3 else 1
+        grad_w = grad_phi = None
+        if ctx.needs_input_grad[0]:
+            grad_w = sum(torch.matmul(grad[e].reshape(T, R, -1).transpose(0, 1),
+                                      phi[e].reshape(K, R, -1).permute(1, 2, 0)).sum(0) for e in range(E))
+        if ctx.needs_input_grad[1]:
+            grad_phi = torch.bmm(w_batch.transpose(1, 2), grad.reshape(E, T, -1)).view(phi.shape)
+        return grad_w, grad_phi

@@ -29,7 +29,7 @@ import torch
 import graphnet
 from graphnet.compiler import AgentNets, build, reference_trunk
 from graphnet.compiler.lower import trunk_nodes
-from graphnet.compiler.modules import TaskLayout
+from graphnet.compiler.modules import TaskLayout, _Compose
 
 OBS, ACT, T, META = 6, 2, 3, 12
 TIGHT = dict(rtol=1e-9, atol=1e-9)        # float64: only summation order differs
@@ -320,6 +320,14 @@ def test_paco_output_layers_with_onehot_w_are_multi_head(batch_name):
     mhsac = make("mhsac", H=16, N=2)
     copy_modules(paco, mhsac)
     agree(paco, mhsac, BATCHES[batch_name])
+
+
+@pytest.mark.parametrize("phi_shape", [(2, 3, 4, 5), (1, 3, 5)])
+def test_bank_composition_backward_is_the_derivative(phi_shape):
+    """The CPU composition's hand-written backward (w's gradient summed over row blocks) against finite differences."""
+    w = torch.randn(T, phi_shape[1], dtype=torch.float64, requires_grad=True)
+    phi = torch.randn(*phi_shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_Compose.apply, (w, phi))
 
 
 # -------------------------------------------------------------------------------------------- torch.fx
