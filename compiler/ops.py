@@ -156,18 +156,18 @@ def router(p, e, layers: int, modules: int, **_):
     L, M = layers, modules
     g = _lin(p, e, "gate_")
     if L == 1:
-        return torch.softmax(_lin(p, F.relu(g), "head1_"), -1)
+        return softmax(_lin(p, F.relu(g), "head1_"))
     probs = [_softmax_rows(_lin(p, F.relu(g), "head1_"), M)]
     for l in range(2, L + 1):
         c = _lin(p, torch.cat(probs, -1), f"cond{l}_")
         logits = _lin(p, F.relu(c * g), f"head{l}_")
-        probs.append(_softmax_rows(logits, M) if l < L else torch.softmax(logits, -1))
+        probs.append(_softmax_rows(logits, M) if l < L else softmax(logits))
     return torch.cat(probs, -1)
 
 
 def _softmax_rows(logits: Tensor, M: int) -> Tensor:
     """An M x M routing matrix per sample, each row (target module) a softmax over source modules."""
-    return torch.softmax(logits.view(*logits.shape[:-1], M, M), -1).flatten(-2)
+    return softmax(logits.view(*logits.shape[:-1], M, M)).flatten(-2)
 
 
 def modular(p, f, r, layers: int, modules: int, **_):
@@ -215,7 +215,13 @@ def scale(x: Tensor, factor: float) -> Tensor:
 
 
 def softmax(x: Tensor) -> Tensor:
-    return torch.softmax(x, -1)
+    """Over the last dim. Below 16 entries torch's CPU kernel is slow (Soft Modularization's 4-way routing,
+    10,240 rows x 4 x 4: 6.2 ms fwd, 8.3 fwd+bwd at one thread) and these elementwise ops are not (1.2, 3.4);
+    the max is a constant shift, so it carries no gradient."""
+    if x.is_cuda or x.shape[-1] >= 16:
+        return torch.softmax(x, -1)
+    e = (x - x.detach().amax(-1, keepdim=True)).exp()
+    return e / e.sum(-1, keepdim=True)
 
 
 def detach(x: Tensor) -> Tensor:
