@@ -72,27 +72,36 @@ class ParamOp(nn.Module):
             self.params[name] = nn.Parameter(p)
         self.table = bank_table  # one tensor shared by every bank module of actor and critic
 
-    def forward(self, *xs: Tensor, layout: TaskLayout, part: str | None = None) -> Tensor:
-        """The op on `xs`; `part` names a piece of it instead (ops.PARTS), e.g. FiLM's coefficients."""
+    def forward(self, *xs: Tensor, layout: TaskLayout, part: str | None = None,
+                accumulate: Tensor | None = None) -> Tensor:
+        """The op on `xs`; `part` names a piece of it instead (ops.PARTS), e.g. FiLM's coefficients.
+        `accumulate` (a linear's residual partner, a fresh tensor read nowhere else; see lower.py): the result
+        is added into it, in place where this path allows (shared, or per task on a task-major batch)."""
         fn = self.fn if part is None else ops.PARTS[self.op][part]
         p = dict(self.params.items())
         if self.op == "embed":
             return p["table"][:, layout.task]
         # a module of one copy (actor's, common) may read an ensemble's inputs, and the reverse: broadcast
         E = max(t.shape[0] for t in (*xs, *p.values()))
+        if accumulate is not None and not (accumulate.shape[0] == E and accumulate.is_contiguous() and (
+                self.sharing == "shared" or (self.sharing == "task" and layout.major))):
+            return accumulate + self(*xs, layout=layout, part=part)
         xs = tuple(x.expand(E, *x.shape[1:]) for x in xs)
         p = {k: v.expand(E, *v.shape[1:]) for k, v in p.items()}
         if self.sharing == "shared":  # squeeze, not [:, 0]: a view whose backward writes no zeros
-            return fn({k: v.squeeze(1) for k, v in p.items()}, *xs, **self.attrs)
+            into = {} if accumulate is None else {"accumulate": accumulate}
+            return fn({k: v.squeeze(1) for k, v in p.items()}, *xs, **self.attrs, **into)
         if self.sharing == "task":
-            return self._per_task(fn, p, xs, layout)
+            return self._per_task(fn, p, xs, layout, accumulate)
         return self._bank(fn, p, xs, layout)
 
-    def _per_task(self, fn: Callable, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
+    def _per_task(self, fn: Callable, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout,
+                  accumulate: Tensor | None = None) -> Tensor:
         E, B, T = xs[0].shape[0], xs[0].shape[1], layout.num_tasks
         if layout.major:
             folded = [x.reshape(E * T, B // T, *x.shape[2:]) for x in xs]
-            out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
+            into = {} if accumulate is None else {"accumulate": accumulate.view(E * T, B // T, -1)}
+            out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs, **into)
             return out.reshape(E, B, *out.shape[2:])
         return layout.by_task(lambda t, *chunks: fn({k: v[:, t] for k, v in p.items()}, *chunks, **self.attrs), *xs)
 

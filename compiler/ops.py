@@ -103,8 +103,12 @@ def _lin(p: dict[str, Tensor], x: Tensor, prefix: str = "") -> Tensor:
     return torch.baddbmm(b.unsqueeze(1), x, w) if b is not None else torch.bmm(x, w)
 
 
-def linear(p, x, **_):
-    return _lin(p, x)
+def linear(p, x, accumulate: Tensor | None = None, **_):
+    """x W + b; with `accumulate`, added into that tensor in place: a residual sum without a pass of its own."""
+    if accumulate is None:
+        return _lin(p, x)
+    out = accumulate.baddbmm_(x, p["weight"])
+    return out.add_(p["bias"].unsqueeze(1)) if "bias" in p else out
 
 
 def layernorm(p, x, **_):

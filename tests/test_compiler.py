@@ -343,10 +343,40 @@ def test_graph_modules_are_readable(name, overrides):
         assert not [a for a in TRACING_ARTEFACTS if a in gm.code], gm.code
 
 
-@pytest.mark.parametrize("name", ["mhsac", "paco"])
+RESIDUALS = """param H = 8
+block trunk(z, x) -> OUT {
+  h = relu(linear(x -> H) + task linear(x -> H))
+  h = relu(task linear(h -> H) + task linear(h -> H, bias = false))
+  h = relu(bank(2) linear(h -> H) + linear(h -> H))
+  h = relu(z + linear(h -> H))
+  out = linear(h -> OUT) + task linear(h -> OUT)
+}
+agent {
+  z = linear(obs -> H)
+  actor = trunk(z, obs)
+  critic = trunk(z, concat(obs, act))
+}
+"""
+
+
+@pytest.mark.parametrize("batch_name", BATCHES)
+def test_residual_sums_of_linears_accumulate_in_place(tmp_path, batch_name):
+    """`linear + linear` is one linear accumulating into the other's output, and the relu after it runs in
+    place: shared + per-task, per-task + per-task, bank + shared, an actor-and-critic input (one copy) + the
+    critic's twins (not in place: shapes differ), an output sum with no relu; the same function as the
+    reference on every kind of batch."""
+    spec = tmp_path / "residuals.gn"
+    spec.write_text(RESIDUALS)
+    nets = randomize(make(str(spec)))
+    code = nets.critic.trunk.graph_module.code
+    assert code.count("accumulate = ") == 5 and code.count("torch.relu_(") == 4 and "torch.add" not in code, code
+    assert_matches_reference(nets, BATCHES[batch_name])
+
+
+@pytest.mark.parametrize("name", ["mhsac", "paco", "ptsl"])
 def test_torch_compile_matches_eager(name):
     """`build(..., compile=True)` wraps each trunk in torch.compile; the function and its gradients stay the
-    same (PaCo: through the bank composition's hand-written backward too)."""
+    same (PaCo: through the bank composition's hand-written backward; PTSL: through in-place residual sums)."""
     spec = graphnet.load(name, graphnet.Sizes(obs=6, act=2, tasks=3), H=16, N=2)
     obs, act = torch.randn(12, 6), torch.rand(12, 2)
     task = torch.arange(3).repeat_interleave(4)
