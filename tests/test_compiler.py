@@ -349,6 +349,8 @@ block trunk(z, x) -> OUT {
   h = relu(task linear(h -> H) + task linear(h -> H, bias = false))
   h = relu(bank(2) linear(h -> H) + linear(h -> H))
   h = relu(z + linear(h -> H))
+  g = linear(h -> H)
+  h = relu(g) * g
   out = linear(h -> OUT) + task linear(h -> OUT)
 }
 agent {
@@ -363,13 +365,14 @@ agent {
 def test_residual_sums_of_linears_accumulate_in_place(tmp_path, batch_name):
     """`linear + linear` is one linear accumulating into the other's output, and the relu after it runs in
     place: shared + per-task, per-task + per-task, bank + shared, an actor-and-critic input (one copy) + the
-    critic's twins (not in place: shapes differ), an output sum with no relu; the same function as the
-    reference on every kind of batch."""
+    critic's twins (not in place: shapes differ), an output sum with no relu. A relu of a linear read by
+    something else too stays out of place. The same function as the reference on every kind of batch."""
     spec = tmp_path / "residuals.gn"
     spec.write_text(RESIDUALS)
     nets = randomize(make(str(spec)))
     code = nets.critic.trunk.graph_module.code
-    assert code.count("accumulate = ") == 5 and code.count("torch.relu_(") == 4 and "torch.add" not in code, code
+    assert code.count("accumulate = ") == 5 and "torch.add" not in code, code
+    assert code.count("torch.relu_(") == 4 and code.count("torch.relu(") == 1, code
     assert_matches_reference(nets, BATCHES[batch_name])
 
 
