@@ -83,8 +83,9 @@ class ParamOp(nn.Module):
             return p["table"][:, layout.task]
         # a module of one copy (actor's, common) may read an ensemble's inputs, and the reverse: broadcast
         E = max(t.shape[0] for t in (*xs, *p.values()))
-        if accumulate is not None and not (accumulate.shape[0] == E and accumulate.is_contiguous() and (
-                self.sharing == "shared" or (self.sharing == "task" and layout.major))):
+        folds = self.sharing == "shared" or (self.sharing == "task" and layout.major)
+        if accumulate is not None and not (self.op == "linear" and folds and accumulate.shape[0] == E
+                                           and accumulate.is_contiguous()):
             return accumulate + self(*xs, layout=layout, part=part)
         xs = tuple(x.expand(E, *x.shape[1:]) for x in xs)
         p = {k: v.expand(E, *v.shape[1:]) for k, v in p.items()}
@@ -135,7 +136,7 @@ class _Compose(torch.autograd.Function):
     longer). The gradient for w reduces over all P = prod(shape) entries: as one [T, P] @ [P, K] matmul MKL
     ran it on one thread at less than half the speed of copying those bytes (PaCo's 400 x 400 layer:
     0.88 ms at one thread, 0.83 at two), so it is split along shape's first axis into a batch of R
-    products whose results are summed (0.40 and 0.21 ms). In PaCo's fwd+bwd at two threads: 4.4 -> 2.0 ms.
+    products whose results are summed (0.40 and 0.21 ms). Those ops in PaCo's fwd+bwd, two threads: 4.4 -> 2.0 ms.
     """
 
     @staticmethod
