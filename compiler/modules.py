@@ -83,8 +83,8 @@ class ParamOp(nn.Module):
             return p["table"][:, layout.task]
         # a module of one copy (actor's, common) may read an ensemble's inputs, and the reverse: broadcast
         E = max(t.shape[0] for t in (*xs, *p.values()))
-        folds = self.sharing == "shared" or (self.sharing == "task" and layout.major)
-        if accumulate is not None and not (self.op == "linear" and folds and accumulate.shape[0] == E
+        one_matmul = self.sharing == "shared" or (self.sharing == "task" and layout.major)
+        if accumulate is not None and not (self.op == "linear" and one_matmul and accumulate.shape[0] == E
                                            and accumulate.is_contiguous()):
             return accumulate + self(*xs, layout=layout, part=part)
         xs = tuple(x.expand(E, *x.shape[1:]) for x in xs)
