@@ -126,7 +126,7 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
         return action.cpu().numpy()
 
-    def save() -> None:
+    def save(env_state: list | None) -> None:
         state = {"step": step, "spec_hash": spec.hash, "nets": nets.state_dict(),
                  "optimizers": {k: o.state_dict() for k, o in sac.optimizers().items()},
                  "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
@@ -160,13 +160,10 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     evaluate_and_log(policy, eval_env, cfg, log, step, metrics, bar)
                 if episode_over:
-                    env_state = env.get_state()
-                    if step >= next_checkpoint:
-                        save()
-                        next_checkpoint += cfg.checkpoint_every
-                    obs = env.reset()
+                    obs, env_state, next_checkpoint = end_episode(env, step, next_checkpoint, cfg.checkpoint_every,
+                                                                  save)
                 bar.update(1)
-            save()
+            save(env_state)
         finally:
             bar.close()
             log.close()
@@ -175,6 +172,17 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     if stop:
         print(f"{stop[0]}: checkpoint written at step {step:,}; continue with: graphnet train --resume {run_dir}")
     return run_dir
+
+
+def end_episode(env: MultiTaskEnv, step: int, next_checkpoint: int, every: int,
+                save: Callable[[list], None]) -> tuple[np.ndarray, list, int]:
+    """At an episode's end, the only point whose environment state a checkpoint can restore: checkpoint if
+    one is due, then reset. Returns the new observation, that state and the next checkpoint's step."""
+    env_state = env.get_state()
+    if step >= next_checkpoint:
+        save(env_state)
+        next_checkpoint += every
+    return env.reset(), env_state, next_checkpoint
 
 
 def start_run(cfg: RunConfig) -> tuple[torch.device, np.random.Generator]:

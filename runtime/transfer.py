@@ -67,7 +67,8 @@ from .prioritized import TaskSumTrees
 from .replay import TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
-from .train import RunError, evaluate_and_log, load_run_config, one_thread, sample_batch, start_run, stop_signals, store
+from .train import (RunError, end_episode, evaluate_and_log, load_run_config, one_thread, sample_batch, start_run,
+                    stop_signals, store)
 
 EXPLORE_STEPS = 20_000      # TaCo, Table VII: transfer-stage exploration steps n_e
 NO_BANK = "transfer reuses the policy parameter set Phi: the spec needs bank(K) layers"
@@ -401,7 +402,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
 
     step, env_state, metrics, episode = 0, None, {}, 0
 
-    def save() -> None:
+    def save(env_state: list | None) -> None:
         checkpoint.save(run_dir, {
             "step": step, "spec_hash": f"transfer:{spec.hash}", "nets": nets.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in sac.optimizers().items()},
@@ -444,17 +445,14 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                     evaluate_and_log(policy, eval_env, cfg, log, step, metrics, bar,
                                      {"w_norm": float(nets.bank_table.detach().norm())})
                 if episode_over:
-                    env_state = env.get_state()
-                    if step >= next_checkpoint:
-                        save()
-                        next_checkpoint += cfg.checkpoint_every
-                    obs = env.reset()
+                    obs, env_state, next_checkpoint = end_episode(env, step, next_checkpoint, cfg.checkpoint_every,
+                                                                  save)
                     episode, episode_start, episode_return = episode + 1, step, 0.0
                     if step < cfg.warmup:
                         beta = space.explore(episode, rng)
                         point = space.point(beta)
                 bar.update(1)
-            save()
+            save(env_state)
         finally:
             bar.close()
             log.close()
