@@ -69,9 +69,9 @@ class AgentNets(nn.Module):
         self.op_modules = op_modules        # IR module id -> its torch parameters (plain dict: not re-registered)
         self.features = features            # agent-level named features (e.g. shared-unique's u)
 
-    def feature(self, name: str, obs: Tensor, task: Tensor) -> Tensor:
+    def feature(self, name: str, obs: Tensor, task: Tensor, task_major: bool | None = None) -> Tensor:
         """A named agent-level feature of a batch, `[B, width]` (what the triplet loss trains)."""
-        return self.features[name](obs, task)[0]
+        return self.features[name](obs, task, task_major=task_major)[0]
 
     def feature_parameters(self, name: str) -> list[nn.Parameter]:
         return list(self.features[name].parameters())

@@ -125,7 +125,8 @@ def _run_config(args):
     env = args.env or "MT10"
     out = args.out or Path("runs") / f"{Path(spec.path).stem}-{env.replace(':', '-')}-s{args.seed}"
     fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "eval_every", "eval_episodes",
-                                            "checkpoint_every", "warmup", "device", "threads", "save_replay")
+                                            "checkpoint_every", "warmup", "device", "threads", "save_replay",
+                                            "cuda_graph")
               if getattr(args, k, None) is not None}
     return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=_train_section(spec, args),
                      **fields)
@@ -145,7 +146,8 @@ def cmd_train(args) -> int:
         raise UsageError("give a SPEC to start a run, or --resume RUN_DIR to continue one")
     if args.resume:
         cfg = load_run_config(Path(args.resume))
-        updates = {k: getattr(args, k) for k in ("steps", "device", "threads") if getattr(args, k) is not None}
+        updates = {k: getattr(args, k) for k in ("steps", "device", "threads", "cuda_graph")
+                   if getattr(args, k) is not None}
         cfg = cfg.model_copy(update=updates | {"out": Path(args.resume)})
     else:
         cfg = _run_config(args)
@@ -179,12 +181,14 @@ def cmd_bench(args) -> int:
         from .runtime.train import bench_train
         spec = load(args.spec, **_overrides(args.set))
         cfg = RunConfig(spec=args.spec, overrides=_overrides(args.set), env=args.env, out=Path("."),
-                        device=args.device, threads=args.threads, train=_train_section(spec, args))
+                        device=args.device, threads=args.threads, cuda_graph=args.cuda_graph,
+                        train=_train_section(spec, args))
         result = bench_train(cfg, steps=args.train_steps)
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            print(f"{args.spec} on {result['env']} ({result['tasks']} tasks, {result['device']}): "
+            graphed = ", update as one CUDA graph" if result["cuda_graph"] else ""
+            print(f"{args.spec} on {result['env']} ({result['tasks']} tasks, {result['device']}{graphed}): "
                   f"{result['steps_per_s']:.1f} vector steps/s, env {result['env_steps_per_s']:.0f} "
                   f"task-steps/s, {result['updates_per_s']:.1f} updates/s; time in env "
                   f"{100 * result['env_share']:.0f} %, in updates {100 * result['update_share']:.0f} %")
@@ -292,7 +296,8 @@ def cmd_sweep(args) -> int:
         raise UsageError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
     grid = _grid(args.vary or [])
     fields = {k: getattr(args, k) for k in ("env", "steps", "eval_every", "eval_episodes", "checkpoint_every",
-                                            "warmup", "device", "save_replay") if getattr(args, k) is not None}
+                                            "warmup", "device", "save_replay", "cuda_graph")
+              if getattr(args, k) is not None}
     train_updates = {k: getattr(args, k) for k in ("lr", "batch_per_task") if getattr(args, k) is not None}
     points = plan(args.specs, grid, args.seeds, Path(args.output), _overrides(args.set), train_updates, **fields)
     out = Path(args.output).resolve()
@@ -345,6 +350,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--save-replay", action="store_true", default=None,
                    help="keep the replay in checkpoints (exact resume; large)")
+    _cuda_graph_arg(p)
+
+
+def _cuda_graph_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cuda-graph", action=argparse.BooleanOptionalAction, default=None,
+                   help="replay the whole update as one CUDA graph (default: on CUDA with uniform task sampling)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="with --train: torch CPU threads")
     p.add_argument("--batch-per-task", type=int, help="samples per task (default 128)")
     p.add_argument("--device", help="cpu or cuda (default cpu; --train: CUDA when present)")
+    _cuda_graph_arg(p)
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the trunks (and the dense MLPs); MODE is a torch.compile mode, e.g. "
                         "reduce-overhead for CUDA graphs")

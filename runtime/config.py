@@ -26,6 +26,7 @@ class RunConfig(BaseModel):
     buffer_size: PositiveInt = 100_000    # transitions kept per task (MT10: 1M in all)
     device: str | None = None             # None: CUDA when present
     threads: PositiveInt | None = None    # torch CPU threads
+    cuda_graph: bool | None = None        # the update as one CUDA graph; None: whenever it can be
     train: TrainConfig = TrainConfig()
 
     @field_validator("env")

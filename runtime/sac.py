@@ -34,9 +34,11 @@ def squashed_sample(mean: Tensor, log_std: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _adam(params, lr: float) -> torch.optim.Adam:
+    """Fused Adam; on CUDA its step count stays on the device, so an update can be a CUDA graph."""
     params = list(params)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
-    return torch.optim.Adam(params, lr=lr, fused=fused)
+    capturable = all(p.device.type == "cuda" for p in params)
+    return torch.optim.Adam(params, lr=lr, fused=fused, capturable=capturable)
 
 
 def _unique(params) -> list:
@@ -114,7 +116,7 @@ class SAC:
                    **({"actor_loss": actor_task.mean().detach()} if actor else {}),
                    "alpha": alpha.mean(), "healthy_tasks": healthy.sum()}
         if self.feature_opt is not None:
-            feats = nets.feature(cfg.triplet.feature, b.obs, b.task)
+            feats = nets.feature(cfg.triplet.feature, b.obs, b.task, b.task_major)
             loss = cfg.triplet.weight * triplet_loss(feats, b.task, cfg.triplet.margin)
             self.feature_opt.zero_grad(set_to_none=True)
             loss.backward()

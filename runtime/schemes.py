@@ -92,27 +92,26 @@ def maskout(task_losses: Tensor, threshold: float) -> Tensor:
 def w_reset_(table: Tensor, healthy: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """PaCo's w-reset, in place: each unhealthy row eta <- sum_j beta_j w_j over the healthy rows j.
 
-    beta is drawn uniformly on the simplex (Dirichlet(1): normalised Exp(1) draws), one draw per
-    reset row, so the new w_eta is a random point in the hull of the healthy tasks' w (Eq. 3): a
-    fresh start among compositions known to work, leaving Phi and every other task untouched.
-    Nothing changes if every task is healthy or none is (nothing to draw from). Only the unhealthy
-    rows are written. Runs under no_grad. Returns the indices of the rows reset (empty if none), e.g.
-    to clear those rows' optimiser state.
+    beta is drawn uniformly on the simplex (Dirichlet(1): normalised Exp(1) draws over the healthy
+    rows), one draw per reset row, so the new w_eta is a random point in the hull of the healthy
+    tasks' w (Eq. 3): a fresh start among compositions known to work, leaving Phi and every other
+    task untouched (their rows are written back bit for bit). Nothing changes if every task is
+    healthy or none is (nothing to draw from). Runs under no_grad and never waits for the device
+    (no data-dependent shapes), so it can sit inside a captured CUDA graph. Returns which rows were
+    reset, ``BoolTensor[T]``, e.g. to clear those rows' optimiser state.
     """
     healthy = healthy.to(table.device).bool().reshape(-1)
     if healthy.shape[0] != table.shape[0]:
         raise ValueError(f"healthy has {healthy.shape[0]} entries, the table {table.shape[0]} rows")
     with torch.no_grad():
-        rows = torch.nonzero(~healthy).reshape(-1)
-        donors = torch.nonzero(healthy).reshape(-1)
-        if rows.numel() == 0 or donors.numel() == 0:
-            return rows[:0]
-        u = torch.rand(rows.numel(), donors.numel(), generator=generator, device=table.device,
+        reset = ~healthy & healthy.any()
+        u = torch.rand(healthy.shape[0], healthy.shape[0], generator=generator, device=table.device,
                        dtype=table.dtype)
-        e = -torch.log1p(-u)                               # Exp(1), finite since u < 1
+        e = -torch.log1p(-u) * healthy                     # Exp(1) over the donors, 0 elsewhere
         beta = e / e.sum(1, keepdim=True).clamp_min(torch.finfo(table.dtype).tiny)
-        table[rows] = beta @ table[donors]
-    return rows
+        donors = torch.where(healthy[:, None], table, 0)   # an exploded (NaN) row must not leak in
+        table.copy_(torch.where(reset[:, None], beta @ donors, table))
+    return reset
 
 
 # ---------------------------------------------------------------------------- task sampling

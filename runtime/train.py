@@ -28,6 +28,7 @@ from . import checkpoint
 from .config import RunConfig
 from .envs import MultiTaskEnv, task_names
 from .evaluate import evaluate
+from .graphed import GraphedUpdate, graph_blocker
 from .logs import RunLog, versions, write_json
 from .prioritized import TaskSumTrees
 from .replay import TaskReplay
@@ -55,8 +56,24 @@ def check(cfg: RunConfig, resume: bool, sizes: graphnet.Sizes | None = None) -> 
                        "use a learned task embedding (for care: --set ctx=learned)")
     if cfg.train.sampling.kind == "taco" and g.graph["bank"] is None:
         raise RunError("sampling = taco clusters the tasks' composition weights w, but the spec has no bank(K)")
+    if cfg.cuda_graph and (why := graph_blocker(run_device(cfg), cfg.train)):
+        raise RunError(f"--cuda-graph: {why}; run without it")
     check_run_dir(cfg, resume)
     return spec
+
+
+def run_device(cfg: RunConfig) -> torch.device:
+    return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def make_update(sac: SAC, cfg: RunConfig, device: torch.device, obs_dim: int, act_dim: int) -> Callable:
+    """`sac.update`, captured as a CUDA graph unless the run says no or cannot (see graph_blocker)."""
+    if cfg.cuda_graph is False or graph_blocker(device, cfg.train):
+        return sac.update
+    try:
+        return GraphedUpdate(sac, cfg.train.batch_per_task, obs_dim, act_dim)
+    except RuntimeError as e:
+        raise RunError(f"the update could not be captured as a CUDA graph ({e}); run with --no-cuda-graph") from e
 
 
 def check_run_dir(cfg: RunConfig, resume: bool) -> None:
@@ -115,6 +132,7 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             refill_until = step + cfg.warmup
         print(f"resuming {run_dir} at step {step:,} of {cfg.steps:,}"
               + ("" if "replay" in saved else f" (replay not saved: refilling {cfg.warmup:,} steps first)"))
+    update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)   # after the checkpoint: captures its state
     log = RunLog(run_dir, env.names, resume_step=step if saved else None)
     if env_state is not None:
         env.set_state(env_state)
@@ -151,7 +169,7 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
 
                 if step >= max(cfg.warmup, refill_until):
                     batch = sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task)
-                    metrics = sac.update(batch)
+                    metrics = update(batch)
                     if trees is not None:
                         trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
                 if sampler.every and step % sampler.every == 0:
@@ -191,7 +209,7 @@ def start_run(cfg: RunConfig) -> tuple[torch.device, np.random.Generator]:
         torch.set_num_threads(cfg.threads)
     warnings.filterwarnings("ignore", module="gymnasium")
     torch.manual_seed(cfg.seed)
-    return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")), np.random.default_rng(cfg.seed)
+    return run_device(cfg), np.random.default_rng(cfg.seed)
 
 
 @contextmanager
@@ -258,9 +276,10 @@ def bench_train(cfg: RunConfig, steps: int = 200) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     env = MultiTaskEnv(cfg.env, cfg.seed)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = run_device(cfg)
     nets = build(spec, env.obs_dim, env.act_dim, env.num_tasks, device=device)
     sac = SAC(nets, cfg.train, env.act_dim)
+    update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)
     replay = TaskReplay(env.num_tasks, steps + 1, env.obs_dim, env.act_dim, device)
     tasks = torch.arange(env.num_tasks, device=device)
     obs, t_env, t_update = env.reset(seed=cfg.seed), 0.0, 0.0
@@ -274,11 +293,12 @@ def bench_train(cfg: RunConfig, steps: int = 200) -> dict:
                      for x in (obs, action, reward, next_obs, terminated)))
         obs = env.reset() if over else next_obs
         start = time.perf_counter()
-        metrics = sac.update(replay.sample(cfg.train.batch_per_task))
+        metrics = update(replay.sample(cfg.train.batch_per_task))
         metrics["critic_loss"].item()  # wait for the device
         t_update += time.perf_counter() - start
     env.close()
     return {"spec": cfg.spec, "env": cfg.env, "tasks": env.num_tasks, "device": str(device),
+            "cuda_graph": isinstance(update, GraphedUpdate),
             "env_steps_per_s": steps * env.num_tasks / t_env, "updates_per_s": steps / t_update,
             "steps_per_s": steps / (t_env + t_update), "env_share": t_env / (t_env + t_update),
             "update_share": t_update / (t_env + t_update)}

@@ -66,6 +66,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     (["--set", "HH=3"], "the spec has no param 'HH'"),
     (["--set", "H=abc"], "takes a whole number"),
     (["--steps", "0"], "--steps"),
+    (["--cuda-graph", "--device", "cpu"], "CUDA graphs need a CUDA device"),
 ])
 def test_bad_input_fails_before_starting(tmp_path, capsys, args, message):
     out = tmp_path / "run"
