@@ -5,6 +5,7 @@ from functools import cached_property
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ir import Module
@@ -73,12 +74,15 @@ class ParamOp(nn.Module):
         self.table = bank_table  # one tensor shared by every bank module of actor and critic
 
     def forward(self, *xs: Tensor, layout: TaskLayout, part: str | None = None,
-                accumulate: Tensor | None = None) -> Tensor:
+                accumulate: Tensor | None = None, pad: tuple[int, int] = (0, 0)) -> Tensor:
         """The op on `xs`; `part` names a piece of it instead (ops.PARTS), e.g. FiLM's coefficients.
         `accumulate` (a linear's residual partner, a fresh tensor read nowhere else; see lower.py): the result
-        is added into it, in place where this path allows (shared, or per task on a task-major batch)."""
+        is added into it, in place where this path allows (shared, or per task on a task-major batch).
+        `pad` (a linear's): zero rows and columns appended to its weight (lower.pad_widths)."""
         fn = self.fn if part is None else ops.PARTS[self.op][part]
         p = dict(self.params.items())
+        if pad != (0, 0):
+            p = {k: F.pad(v, (0, pad[1]) if k == "bias" else (0, pad[1], 0, pad[0])) for k, v in p.items()}
         if self.op == "embed":
             return p["table"][:, layout.task]
         # a module of one copy (actor's, common) may read an ensemble's inputs, and the reverse: broadcast
@@ -86,7 +90,7 @@ class ParamOp(nn.Module):
         one_matmul = self.sharing == "shared" or (self.sharing == "task" and layout.major)
         if accumulate is not None and not (self.op == "linear" and one_matmul and accumulate.shape[0] == E
                                            and accumulate.is_contiguous()):
-            return accumulate + self(*xs, layout=layout, part=part)
+            return accumulate + self(*xs, layout=layout, part=part, pad=pad)
         xs = tuple(x.expand(E, *x.shape[1:]) for x in xs)
         p = {k: v.expand(E, *v.shape[1:]) for k, v in p.items()}
         if self.sharing == "shared":  # squeeze, not [:, 0]: a view whose backward writes no zeros

@@ -376,6 +376,35 @@ def test_residual_sums_of_linears_accumulate_in_place(tmp_path, batch_name):
     assert_matches_reference(nets, BATCHES[batch_name])
 
 
+PADDED = """param H = 101
+block trunk(x) -> OUT {
+  h = relu(linear(x -> H) + task linear(x -> H))
+  h = tanh(bank(2) linear(h -> H)) * linear(h -> H)
+  n = softmax(linear(h -> H))
+  out = linear(h -> OUT) + linear(n -> OUT)
+}
+agent {
+  actor = trunk(obs)
+  critic = trunk(concat(obs, act))
+}
+"""
+
+
+@pytest.mark.parametrize("batch_name", BATCHES)
+def test_odd_widths_compute_zero_padded(tmp_path, batch_name):
+    """Width 101 computes at 104 where only linears and zero-preserving ops touch it: the residual sum, the
+    relu, tanh(bank) * linear. The softmax's input keeps 101 (its zeros would not stay zero). Parameters keep
+    their shapes, and the function and every gradient equal the reference's on every kind of batch."""
+    spec = tmp_path / "padded.gn"
+    spec.write_text(PADDED)
+    nets = randomize(make(str(spec)))
+    code = nets.critic.trunk.graph_module.code
+    assert code.count("pad = (0, 3)") == 2 and code.count("pad = (3, 3)") == 2, code
+    assert code.count("pad = (3, 0)") == 2 and code.count("pad = ") == 6, code
+    assert all(101 in p.shape or 104 not in p.shape for p in nets.parameters())
+    assert_matches_reference(nets, BATCHES[batch_name])
+
+
 @pytest.mark.parametrize("name", ["mhsac", "paco", "ptsl"])
 def test_torch_compile_matches_eager(name):
     """`build(..., compile=True)` wraps each trunk in torch.compile; the function and its gradients stay the
