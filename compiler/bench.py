@@ -32,10 +32,16 @@ def dense_mlp(inp: int, out: int, macs: float) -> nn.Sequential:
 
 
 def flops(fn: Callable[[], object]) -> int:
-    """Matmul floating-point operations of one call (2 per multiply-add), as torch counts them."""
-    with FlopCounterMode(display=False) as counter:
+    """Matmul floating-point operations of one call (2 per multiply-add), as torch counts them, and the
+    in-place baddbmm_ of residual sums and input gradients (lower.in_place, shared_inputs), which it skips."""
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.baddbmm_: _baddbmm_flops}) as counter:
         fn()
     return counter.get_total_flops()
+
+
+def _baddbmm_flops(into_shape, a_shape, b_shape, out_shape=None, **_) -> int:
+    batch, rows, inner = a_shape
+    return 2 * batch * rows * inner * b_shape[-1]
 
 
 def macs_per_sample(nets: AgentNets, role: str, obs: Tensor, act: Tensor, tasks: int) -> float:

@@ -7,7 +7,7 @@ import torch
 
 import graphnet
 from graphnet.compiler import build
-from graphnet.compiler.bench import bench, dense_mlp, macs_per_sample
+from graphnet.compiler.bench import bench, dense_mlp, flops, macs_per_sample
 
 OBS, ACT, T, PER_TASK = 6, 2, 3, 4
 
@@ -68,3 +68,9 @@ def test_bench_reports_its_figures():
     assert r["batch"] == T * PER_TASK and min(r["compiled_ms"], r["reference_ms"], r["dense_equiv_ms"]) > 0
     # the dense MLP does no more matmul work than the compiled networks, and at most one width step less
     assert 0.8 * r["flops"] < r["dense_equiv_flops"] <= r["flops"]
+
+
+def test_flops_count_in_place_products():
+    """Residual sums and shared-input gradients run as baddbmm_, which torch's counter skips; bench counts it."""
+    a, b, into = torch.randn(2, 3, 4), torch.randn(2, 4, 5), torch.zeros(2, 3, 5)
+    assert flops(lambda: into.baddbmm_(a, b)) == flops(lambda: torch.bmm(a, b)) == 2 * 2 * 3 * 4 * 5

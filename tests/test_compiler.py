@@ -400,9 +400,27 @@ def test_odd_widths_compute_zero_padded(tmp_path, batch_name):
     nets = randomize(make(str(spec)))
     code = nets.critic.trunk.graph_module.code
     assert code.count("pad = (0, 3)") == 2 and code.count("pad = (3, 3)") == 2, code
-    assert code.count("pad = (3, 0)") == 2 and code.count("pad = ") == 6, code
+    # the softmax's linear and the output's read one h: one shared_input_linears call with both pads
+    assert code.count("(3, 0), (3, 0))") == 1 and code.count("pad = ") == 4, code
     assert all(101 in p.shape or 104 not in p.shape for p in nets.parameters())
     assert_matches_reference(nets, BATCHES[batch_name])
+
+
+def test_shared_input_linears_backward_is_the_derivative():
+    """The one-input-gradient form of two linears of one x: a wide and a narrow weight (the narrow one's
+    gradient taken as (g^T x)^T), with and without bias, checked against finite differences in float64."""
+    from graphnet.compiler.modules import _SharedInput
+    torch.manual_seed(0)
+    f64 = dict(dtype=torch.float64, requires_grad=True)
+    x, wa, ba, wb = torch.randn(2, 5, 7, **f64), torch.randn(2, 7, 9, **f64), torch.randn(2, 9, **f64), torch.randn(2, 7, 3, **f64)
+    assert torch.autograd.gradcheck(_SharedInput.apply, (x, wa, ba, wb, None))
+    assert torch.autograd.gradcheck(_SharedInput.apply, (x, wb, None, wa, ba))
+
+
+def test_ptsl_layers_read_h_once():
+    """PTSL's SH_i(h) and P_down(h) at each layer (and the output's) are one shared_input_linears call."""
+    code = make("ptsl").critic.trunk.graph_module.code
+    assert code.count("shared_input_linears(") == 4, code
 
 
 @pytest.mark.parametrize("name", ["mhsac", "paco", "ptsl"])
@@ -428,14 +446,12 @@ def test_torch_compile_matches_eager(name):
 def compiled_macs_per_sample(nets: AgentNets, role: str) -> float:
     """Matmul multiply-adds per sample of a compiled trunk's forward (all ensemble members): the
     difference between task-major batches of 8 and 4 samples per task, so per-batch work drops out."""
-    from torch.utils.flop_counter import FlopCounterMode
+    from graphnet.compiler.bench import flops
 
     def at(per_task: int) -> int:
         obs, act, task = batch(torch.arange(T).repeat_interleave(per_task))
-        trunk = getattr(nets, role).trunk
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            trunk(obs, task, act, True)
-        return counter.get_total_flops()
+        with torch.no_grad():
+            return flops(lambda: getattr(nets, role).trunk(obs, task, act, True))
     return (at(8) - at(4)) / (2 * 4 * T)
 
 
