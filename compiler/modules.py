@@ -99,8 +99,9 @@ class ParamOp(nn.Module):
         return self._bank(fn, p, xs, layout)
 
     def padded(self, pad: tuple[int, int] = (0, 0)) -> dict[str, Tensor]:
-        """The parameters; a linear's with `pad` = (rows, columns) of zeros appended (lower.pad_widths)."""
-        if pad == (0, 0):
+        """The parameters; a linear's with `pad` = (rows, columns) of zeros appended (lower.pad_widths), on
+        the CPU only: on CUDA the pads are extra kernels that do not pay (see shared_input_linears)."""
+        if pad == (0, 0) or self.params[next(iter(self.params))].is_cuda:
             return dict(self.params.items())
         return {k: F.pad(v, (0, pad[1]) if k == "bias" else (0, pad[1], 0, pad[0])) for k, v in self.params.items()}
 
@@ -176,8 +177,10 @@ def shared_input_linears(x: Tensor, a: ParamOp, b: ParamOp, pad_a: tuple[int, in
 
     def batch(t: Tensor | None) -> Tensor | None:   # [E, 1, ...] -> [E, ...], broadcast over the ensemble
         return None if t is None else t.squeeze(1).expand(E, *t.shape[2:])
-    return _SharedInput.apply(x.expand(E, *x.shape[1:]), batch(pa["weight"]), batch(pa.get("bias")),
-                              batch(pb["weight"]), batch(pb.get("bias")))
+    x, wa, ba, wb, bb = x.expand(E, *x.shape[1:]), *(batch(p.get(k)) for p in (pa, pb) for k in ("weight", "bias"))
+    if x.is_cuda:   # both passes are CPU wins; on an H100 they made PTSL's eager fwd+bwd 1.31x slower (launches)
+        return ops.linear({"weight": wa, "bias": ba}, x), ops.linear({"weight": wb, "bias": bb}, x)
+    return _SharedInput.apply(x, wa, ba, wb, bb)
 
 
 class _SharedInput(torch.autograd.Function):
