@@ -132,8 +132,7 @@ def in_place(graph: fx.Graph, root: nn.Module) -> None:
     Measured side by side, fwd+bwd: the first makes PTSL 4-5 % faster at one thread, 6-8 % at two; the
     second MT-SAC, multi-head SAC and FiLM 4-5 %, PaCo 1 % (bench's dense MLP relus in place too)."""
     def linear_output(node: object) -> bool:
-        return (isinstance(node, fx.Node) and node.op == "call_module" and len(node.users) == 1
-                and root.get_submodule(node.target).op == "linear")
+        return isinstance(node, fx.Node) and len(node.users) == 1 and _linear(node, root) is not None
 
     for add in [n for n in graph.nodes if n.target is torch.add]:
         a, b = add.args
@@ -167,7 +166,7 @@ def pad_widths(graph: fx.Graph, root: nn.Module, multiple: int = 8, least: int =
     (rows, columns)` in the printed code), so the extra features are exactly zero, get zero gradients, and
     the parameters keep their shapes."""
     def is_linear(node: fx.Node) -> bool:
-        return node.op == "call_module" and root.get_submodule(node.target).op == "linear" and "part" not in node.kwargs
+        return _linear(node, root) is not None
 
     group: dict[fx.Node, fx.Node] = {}      # union-find: tensors that must share one padding
 
@@ -201,8 +200,9 @@ def shared_inputs(graph: fx.Graph, root: nn.Module) -> None:
     product accumulated into the other in place, not two products and their sum. PTSL's SH_i(h) and P_down(h)
     at every layer: PTSL fwd+bwd 0.949 (2 threads) / 0.926 (1), CARE + PTSL 0.972 / 0.940, side by side."""
     def plain_shared_linear(user: fx.Node, x: fx.Node) -> bool:
-        return (user.op == "call_module" and user.args == (x,) and "accumulate" not in user.kwargs
-                and root.get_submodule(user.target).op == "linear" and root.get_submodule(user.target).sharing == "shared")
+        linear = _linear(user, root)
+        return (linear is not None and linear.sharing == "shared" and user.args == (x,)
+                and "accumulate" not in user.kwargs)
 
     place = {n: i for i, n in enumerate(graph.nodes)}
     for x in list(graph.nodes):
@@ -219,6 +219,14 @@ def shared_inputs(graph: fx.Graph, root: nn.Module) -> None:
         for linear, output in zip((a, b), outputs):
             linear.replace_all_uses_with(output)
             graph.erase_node(linear)
+
+
+def _linear(node: fx.Node, root: nn.Module) -> ParamOp | None:
+    """The linear a node calls (the whole op, not a part of one), or None: what the rewrites above match."""
+    if node.op != "call_module" or "part" in node.kwargs:
+        return None
+    module = root.get_submodule(node.target)
+    return module if module.op == "linear" else None
 
 
 def _unique(name: str, root: nn.Module) -> str:

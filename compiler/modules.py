@@ -101,7 +101,7 @@ class ParamOp(nn.Module):
     def padded(self, pad: tuple[int, int] = (0, 0)) -> dict[str, Tensor]:
         """The parameters; a linear's with `pad` = (rows, columns) of zeros appended (lower.pad_widths), on
         the CPU only: on CUDA the pads are extra kernels that do not pay (see shared_input_linears)."""
-        if pad == (0, 0) or self.params[next(iter(self.params))].is_cuda:
+        if pad == (0, 0) or next(iter(self.params.values())).is_cuda:
             return dict(self.params.items())
         return {k: F.pad(v, (0, pad[1]) if k == "bias" else (0, pad[1], 0, pad[0])) for k, v in self.params.items()}
 
