@@ -272,11 +272,8 @@ def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSa
 def bench_train(cfg: RunConfig, steps: int = 200) -> dict:
     """Env steps/s, updates/s and the share of time in the env vs the update, on a short real run."""
     spec = check(cfg, resume=True)
-    warnings.filterwarnings("ignore", module="gymnasium")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    device, _ = start_run(cfg)
     env = MultiTaskEnv(cfg.env, cfg.seed)
-    device = run_device(cfg)
     nets = build(spec, env.obs_dim, env.act_dim, env.num_tasks, device=device)
     sac = SAC(nets, cfg.train, env.act_dim)
     update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)
