@@ -16,7 +16,7 @@ import graphnet
 from graphnet.cli import main
 from graphnet.runtime.config import RunConfig
 from graphnet.runtime.envs import MultiTaskEnv
-from graphnet.runtime.train import train
+from graphnet.runtime.train import bench_train, train
 from graphnet.train_config import TrainConfig
 from helpers import PointMass
 
@@ -148,3 +148,13 @@ def test_plot_draws_runs(tmp_path):
     png = tmp_path / "curves.png"
     assert main(["plot", *runs, "-o", str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_bench_train_measures_a_real_run():
+    """`graphnet bench --train`: env and update throughput of a short real Meta-World run, eager on a CPU."""
+    cfg = RunConfig(spec="mtsac", overrides={"H": 32}, env="MT1:reach-v3", out=Path("."), device="cpu", threads=1,
+                    train=TrainConfig(batch_per_task=16))
+    r = bench_train(cfg, steps=20)
+    assert r["cuda_graph"] is False and r["tasks"] == 1 and r["device"] == "cpu"
+    assert min(r["env_steps_per_s"], r["updates_per_s"], r["steps_per_s"]) > 0
+    assert abs(r["env_share"] + r["update_share"] - 1) < 1e-9
