@@ -109,10 +109,14 @@ class ParamOp(nn.Module):
                   accumulate: Tensor | None = None) -> Tensor:
         E, B, T = xs[0].shape[0], xs[0].shape[1], layout.num_tasks
         if layout.major:
+            # a linear's output (and its accumulate) reshaped as a tensor autograd does not track as a view: a
+            # relu_ or accumulate on a view made autograd rebuild the whole base in backward (CopySlices: a
+            # zeroed copy and a clone, ~1 ms a PaCo critic layer). Safe: a linear's backward never reads its output
+            reshape = _unsafe_reshape if self.op == "linear" else Tensor.reshape
             folded = [x.reshape(E * T, B // T, *x.shape[2:]) for x in xs]
-            into = {} if accumulate is None else {"accumulate": accumulate.view(E * T, B // T, -1)}
+            into = {} if accumulate is None else {"accumulate": reshape(accumulate, (E * T, B // T, -1))}
             out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs, **into)
-            return out.reshape(E, B, *out.shape[2:])
+            return reshape(out, (E, B, *out.shape[2:]))
         return layout.by_task(lambda t, *chunks: fn({k: v[:, t] for k, v in p.items()}, *chunks, **self.attrs), *xs)
 
     def _bank(self, fn: Callable, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
@@ -136,6 +140,11 @@ class ParamOp(nn.Module):
             else:
                 composed[k] = _Compose.apply(w, v)
         return self._per_task(fn, composed, xs, layout)
+
+
+def _unsafe_reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """`x.reshape(shape)` of a contiguous x, not recorded as a view of x (as torch's matmul returns its results)."""
+    return torch.ops.aten._unsafe_view(x, shape)
 
 
 class _Compose(torch.autograd.Function):

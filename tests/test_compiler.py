@@ -423,6 +423,32 @@ def test_ptsl_layers_read_h_once():
     assert code.count("shared_input_linears(") == 4, code
 
 
+def backward_nodes(out: torch.Tensor) -> set[str]:
+    """The names of the autograd nodes `out`'s backward runs."""
+    seen, todo, names = set(), [out.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(type(node).__name__)
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("name", ["ptsl", "paco"])
+def test_in_place_ops_on_task_linears_rebuild_no_view(name):
+    """A per-task (or composed) linear's output on a task-major batch is not an autograd view of the folded
+    product, so its in-place relu and residual accumulate cost their own backward only: no CopySlices or
+    AsStrided node (a zeroed copy and a clone of the whole batch each)."""
+    nets = make(name)
+    obs, act, task = batch(BATCHES["major-4"])
+    code = nets.critic.trunk.graph_module.code
+    assert "torch.relu_(" in code and (name != "ptsl" or "accumulate = " in code), code
+    names = backward_nodes(nets.critic.trunk(obs, task, act, True).sum())
+    assert "ReluBackward0" in names and not names & {"CopySlices", "AsStridedBackward0"}, names
+
+
 @pytest.mark.parametrize("name", ["mhsac", "paco", "ptsl"])
 def test_torch_compile_matches_eager(name):
     """`build(..., compile=True)` wraps each trunk in torch.compile; the function and its gradients stay the
