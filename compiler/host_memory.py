@@ -1,12 +1,13 @@
-"""Freed CPU tensor memory kept for the next update instead of handed back to the OS (glibc's malloc).
+"""Freed CPU tensor memory kept for the next step instead of handed back to the OS (glibc's malloc).
 
 torch allocates CPU tensors with malloc, which serves a block above its mmap threshold (128 KiB, rising
 to at most 32 MiB as blocks are freed) with a fresh mmap and returns it to the OS when freed, and trims
-the heap's free top. A training step allocates the same big tensors every time (a bank's composed
-weights and their gradients: ~40 MB a PaCo step at MT10), so each step faulted them back in page by
-page: 10,000-16,000 minor faults, a quarter of PaCo's forward+backward on a 2-core CPU (measured).
-With both thresholds raised, freed blocks stay in the heap and the next step reuses them: the process
-holds its peak, as CUDA's caching allocator does on a GPU.
+the heap's free top. Whether a step's big tensors (a bank's composed weights and their gradients: ~40 MB
+a PaCo step at MT10) come back to reused memory or are faulted in page by page then depends on what else
+happens to be allocated: a loop of forward+backward alone (bench, ../shared/checks) took 10,000-16,000
+minor faults a PaCo step, a quarter of its time, while a full SAC update took 50-300 and ran as fast
+without this (measured). With both thresholds raised, freed blocks stay in the heap whatever the loop:
+the process holds its peak, as CUDA's caching allocator does on a GPU.
 """
 from __future__ import annotations
 
