@@ -84,7 +84,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
 
     `task_metadata` ([T, META]) is required by specs that read `meta(task)`. `compile`: True, or a
     torch.compile mode ("reduce-overhead" also replays CUDA graphs), wraps each trunk in torch.compile.
-    On the CPU, the process's freed memory is kept for reuse from then on (host_memory: no page faults a step)."""
+    On the CPU, the process keeps freed memory for reuse from then on (see host_memory)."""
     meta_width = task_metadata.shape[1] if task_metadata is not None else 768
     g = spec.graph_for(obs_dim, act_dim, num_tasks, meta_width)
     if task_metadata is None and any(n.op == "meta" for n in nodes(g)):
