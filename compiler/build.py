@@ -78,6 +78,11 @@ class AgentNets(nn.Module):
         return list(self.features[name].parameters())
 
 
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """`device`, or CUDA when present and the CPU otherwise: what `build` and a run default to."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | torch.device | None = None,
           task_metadata: Tensor | None = None, compile: bool | str = False) -> AgentNets:
     """Compile a spec to the agent's networks on `device` (CUDA when present by default).
@@ -114,7 +119,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     if compile:
         for trunk in (actor.trunk, critic.trunk, critic_target.trunk):
             trunk.graph_module = torch.compile(trunk.graph_module, mode=None if compile is True else compile)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(device)
     if device.type == "cpu":
         keep_freed_memory()
     return nets.to(device)

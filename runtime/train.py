@@ -22,6 +22,7 @@ from tqdm import tqdm
 import graphnet
 
 from ..compiler import build
+from ..compiler.build import resolve_device
 from ..errors import GraphnetError
 from ..ir import nodes
 from . import checkpoint
@@ -56,14 +57,10 @@ def check(cfg: RunConfig, resume: bool, sizes: graphnet.Sizes | None = None) -> 
                        "use a learned task embedding (for care: --set ctx=learned)")
     if cfg.train.sampling.kind == "taco" and g.graph["bank"] is None:
         raise RunError("sampling = taco clusters the tasks' composition weights w, but the spec has no bank(K)")
-    if cfg.cuda_graph and (why := graph_blocker(run_device(cfg), cfg.train)):
+    if cfg.cuda_graph and (why := graph_blocker(resolve_device(cfg.device), cfg.train)):
         raise RunError(f"--cuda-graph: {why}; run without it")
     check_run_dir(cfg, resume)
     return spec
-
-
-def run_device(cfg: RunConfig) -> torch.device:
-    return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def make_update(sac: SAC, cfg: RunConfig, device: torch.device, obs_dim: int, act_dim: int) -> Callable:
@@ -209,7 +206,7 @@ def start_run(cfg: RunConfig) -> tuple[torch.device, np.random.Generator]:
         torch.set_num_threads(cfg.threads)
     warnings.filterwarnings("ignore", module="gymnasium")
     torch.manual_seed(cfg.seed)
-    return run_device(cfg), np.random.default_rng(cfg.seed)
+    return resolve_device(cfg.device), np.random.default_rng(cfg.seed)
 
 
 @contextmanager
