@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import platform
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _LARGEST_INT = 2**31 - 1
 
 
+@functools.cache   # once a process: finding libc runs ldconfig (~0.8 ms), and every CPU build calls this
 def keep_freed_memory() -> bool:
     """Raise glibc's trim and mmap thresholds for this process; False (and nothing changed) elsewhere.
     Older glibc caps the mmap threshold at 32 MiB; then blocks above that are still mapped afresh."""
