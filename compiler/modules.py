@@ -89,8 +89,8 @@ class ParamOp(nn.Module):
         if accumulate is not None and not (self.op == "linear" and one_matmul and accumulate.shape[0] == E
                                            and accumulate.is_contiguous()):
             return accumulate + self(*xs, layout=layout, part=part, pad=pad)
-        xs = tuple(x.expand(E, *x.shape[1:]) for x in xs)
-        p = {k: v.expand(E, *v.shape[1:]) for k, v in p.items()}
+        xs = tuple(ops.to_ensemble(x, E) for x in xs)
+        p = {k: ops.to_ensemble(v, E) for k, v in p.items()}
         if self.sharing == "shared":  # squeeze, not [:, 0]: a view whose backward writes no zeros
             into = {} if accumulate is None else {"accumulate": accumulate}
             return fn({k: v.squeeze(1) for k, v in p.items()}, *xs, **self.attrs, **into)
@@ -185,8 +185,8 @@ def shared_input_linears(x: Tensor, a: ParamOp, b: ParamOp, pad_a: tuple[int, in
     E = max(t.shape[0] for t in (x, *pa.values(), *pb.values()))
 
     def batch(t: Tensor | None) -> Tensor | None:   # [E, 1, ...] -> [E, ...], broadcast over the ensemble
-        return None if t is None else t.squeeze(1).expand(E, *t.shape[2:])
-    x, wa, ba, wb, bb = x.expand(E, *x.shape[1:]), *(batch(p.get(k)) for p in (pa, pb) for k in ("weight", "bias"))
+        return None if t is None else ops.to_ensemble(t.squeeze(1), E)
+    x, wa, ba, wb, bb = ops.to_ensemble(x, E), *(batch(p.get(k)) for p in (pa, pb) for k in ("weight", "bias"))
     if x.is_cuda:   # both passes are CPU wins; on an H100 they made PTSL's eager fwd+bwd 1.31x slower (launches)
         return ops.linear({"weight": wa, "bias": ba}, x), ops.linear({"weight": wb, "bias": bb}, x)
     return _SharedInput.apply(x, wa, ba, wb, bb)

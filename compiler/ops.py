@@ -210,10 +210,16 @@ PARAMETRIC: dict[str, Callable] = {"linear": linear, "layernorm": layernorm, "co
                                    "affine": affine, "router": router, "modular": modular, "mixture": mixture}
 
 
+def to_ensemble(x: Tensor, E: int) -> Tensor:
+    """x `[1 or E, ...]` as `[E, ...]`. Already E: x itself, not an expand view (each one is an autograd node
+    whose backward runs, too: 99 a CARE + PTSL step, nearly all of them no-ops)."""
+    return x if x.shape[0] == E else x.expand(E, *x.shape[1:])
+
+
 def cat(xs: list[Tensor]) -> Tensor:
     """Concatenate features, broadcasting the ensemble dimension."""
     E = max(x.shape[0] for x in xs)
-    return torch.cat([x.expand(E, *x.shape[1:]) for x in xs], -1)
+    return torch.cat([to_ensemble(x, E) for x in xs], -1)
 
 
 def scale(x: Tensor, factor: float) -> Tensor:

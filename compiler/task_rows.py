@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import ops
 from .modules import TaskLayout
 
 TASK_ONLY_SOURCES = {"onehot", "meta", "embed"}
@@ -45,7 +46,7 @@ def affine_rows(h: Tensor, coefficients: Tensor, layout: TaskLayout) -> Tensor:
     """D-Grad's affine whose z depends on the task alone: M_t h + beta_t with one n x n matrix per task
     (`coefficients` `[E, T, n*n + n]`), so each sample costs n^2 multiply-adds, not (Z + 1) n^2."""
     E, B, n, T = max(h.shape[0], coefficients.shape[0]), h.shape[1], h.shape[2], layout.num_tasks
-    coefficients, h = coefficients.expand(E, -1, -1), h.expand(E, -1, -1)
+    coefficients, h = ops.to_ensemble(coefficients, E), ops.to_ensemble(h, E)
     matrices = coefficients[..., :n * n].reshape(E, T, n, n).transpose(-1, -2)    # h @ M^T, row vectors
     beta = coefficients[..., n * n:]
     if layout.major:
