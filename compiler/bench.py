@@ -17,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .._spec import Spec
 from ..ir import nodes
-from .build import AgentNets, build, compiled
+from .build import AgentNets, build, compile_module
 from .reference import reference_trunk
 
 
@@ -83,7 +83,7 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
     critic_net = dense_mlp(obs_dim + act_dim, 1, macs_per_sample(eager, "critic", obs, act, tasks) / 2).to(device)
     actor_fn, critic_fn = actor_net, critic_net
     if compile:
-        actor_fn, critic_fn = compiled(actor_net, compile), compiled(critic_net, compile)
+        actor_fn, critic_fn = compile_module(actor_net, compile), compile_module(critic_net, compile)
 
     def sync():
         if str(device).startswith("cuda"):

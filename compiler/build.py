@@ -83,7 +83,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def compiled(module: nn.Module, compile: bool | str) -> nn.Module:
+def compile_module(module: nn.Module, compile: bool | str) -> nn.Module:
     """torch.compile of `module`: `compile` is True (the default mode) or a torch.compile mode."""
     return torch.compile(module, mode=None if compile is True else compile)
 
@@ -123,7 +123,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     nets = AgentNets(actor, critic, critic_target, log_alpha, table, g, op_modules, features)
     if compile:
         for trunk in (actor.trunk, critic.trunk, critic_target.trunk):
-            trunk.graph_module = compiled(trunk.graph_module, compile)
+            trunk.graph_module = compile_module(trunk.graph_module, compile)
     device = resolve_device(device)
     if device.type == "cpu":
         keep_freed_memory()

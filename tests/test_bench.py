@@ -74,3 +74,11 @@ def test_flops_count_in_place_products():
     """Residual sums and shared-input gradients run as baddbmm_, which torch's counter skips; bench counts it."""
     a, b, into = torch.randn(2, 3, 4), torch.randn(2, 4, 5), torch.zeros(2, 3, 5)
     assert flops(lambda: into.baddbmm_(a, b)) == flops(lambda: torch.bmm(a, b)) == 2 * 2 * 3 * 4 * 5
+
+
+def test_bench_compiles_both_sides_alike():
+    """`--compile`: the trunks and the dense MLPs both through torch.compile; same work counted as eager."""
+    spec = graphnet.load("mtsac", graphnet.Sizes(obs=OBS, act=ACT, tasks=T), H=16)
+    eager, compiled = (bench(spec, OBS, ACT, T, PER_TASK, reps=1, compile=c) for c in (False, True))
+    assert compiled["flops"] == eager["flops"] and compiled["dense_width"] == eager["dense_width"]
+    assert min(compiled["compiled_ms"], compiled["dense_equiv_ms"]) > 0
