@@ -183,7 +183,8 @@ def pad_widths(graph: fx.Graph, root: nn.Module, multiple: int = 8, least: int =
                 group[find(a)] = find(n)
 
     def reads_safely(user: fx.Node, n: fx.Node) -> bool:
-        return user.target in _ZERO_PRESERVING or (is_linear(user) and (user.args[0] is n or user.kwargs.get("accumulate") is n))
+        return user.target in _ZERO_PRESERVING or (
+            is_linear(user) and (user.args[0] is n or user.kwargs.get("accumulate") is n))
 
     blocked = {find(n) for n in tensors
                if not (is_linear(n) or n.target in _ZERO_PRESERVING) or not all(reads_safely(u, n) for u in n.users)}

@@ -214,6 +214,8 @@ class _SharedInput(torch.autograd.Function):
             gx = torch.bmm(ga, wa.transpose(1, 2)).baddbmm_(gb, wb.transpose(1, 2))
 
         def weight_grad(g: Tensor) -> Tensor:
-            return torch.bmm(g.transpose(1, 2), x).transpose(1, 2) if g.shape[-1] < x.shape[-1] else torch.bmm(x.transpose(1, 2), g)
+            if g.shape[-1] < x.shape[-1]:
+                return torch.bmm(g.transpose(1, 2), x).transpose(1, 2)
+            return torch.bmm(x.transpose(1, 2), g)
         return (gx, weight_grad(ga), ga.sum(1) if ctx.biases[0] else None,
                 weight_grad(gb), gb.sum(1) if ctx.biases[1] else None)

@@ -40,7 +40,8 @@ class GraphedUpdate:
         T = sac.num_tasks
         task = torch.arange(T, device=device).repeat_interleave(per_task)
         n = task.shape[0]
-        self.batch = Batch(obs=torch.randn(n, obs_dim, device=device), act=torch.rand(n, act_dim, device=device) * 2 - 1,
+        self.batch = Batch(obs=torch.randn(n, obs_dim, device=device),
+                           act=torch.rand(n, act_dim, device=device) * 2 - 1,
                            reward=torch.randn(n, device=device), next_obs=torch.randn(n, obs_dim, device=device),
                            done=torch.zeros(n, device=device), task=task, index=torch.zeros_like(task))
         saved = _state(sac)
