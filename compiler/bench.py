@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
 from .._spec import Spec
@@ -53,6 +54,28 @@ def macs_per_sample(nets: AgentNets, role: str, obs: Tensor, act: Tensor, tasks:
         return flops(lambda: reference_trunk(nets, role, obs[:tasks], task, act[:tasks])) / (2 * tasks)
 
 
+MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addmm_", "aten::baddbmm_"}
+
+
+def op_times(fn: Callable[[], None], steps: int, device: str = "cpu") -> list[dict]:
+    """Self time of every op `fn` runs, per call of `fn`, longest first (torch.profiler; on CUDA the kernels'
+    device time). Op by op, a step's time splits into matmuls, which no rearrangement of the other ops can
+    make cheaper, and the rest; the profiler adds its own overhead to each op, so the sum exceeds a plain
+    step's time, most where ops are small."""
+    cuda = str(device).startswith("cuda")
+    fn()
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+        for _ in range(steps):
+            fn()
+    rows = [{"op": e.key, "ms": (e.self_device_time_total if cuda else e.self_cpu_time_total) / steps / 1e3,
+             "calls": e.count // steps} for e in prof.key_averages()]
+    return sorted((r for r in rows if r["ms"] > 0), key=lambda r: -r["ms"])
+
+
+def matmul_ms(ops: list[dict]) -> float:
+    return sum(r["ms"] for r in ops if r["op"] in MATMULS)
+
+
 def median_seconds(fn: Callable[[], None], reps: int) -> float:
     for _ in range(2):
         fn()
@@ -65,11 +88,13 @@ def median_seconds(fn: Callable[[], None], reps: int) -> float:
 
 
 def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batch_per_task: int = 128,
-          reps: int = 10, reference_per_task: int = 1, device: str = "cpu", compile: bool | str = False) -> dict:
+          reps: int = 10, reference_per_task: int = 1, device: str = "cpu", compile: bool | str = False,
+          ops: bool = False) -> dict:
     """Actor + twin-critic forward and backward at a task-major batch. The reference interpreter runs
     `reference_per_task` samples per task and is scaled to the full batch (it is linear in samples).
     With `compile` (True or a torch.compile mode) the dense MLPs are compiled alike, so the ratio stays
-    like for like."""
+    like for like. With `ops`, also the op-by-op time of both (op_times) and the compiled step's matmul time
+    over the dense step's time: a floor no scheduling of the non-matmul ops can go below."""
     torch.manual_seed(0)
     reads_meta = any(node.op == "meta" for node in nodes(spec.graph_for(obs_dim, act_dim, tasks)))
     meta = torch.randn(tasks, 768) if reads_meta else None  # stand-in description embeddings
@@ -122,8 +147,14 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
         t_dense.append(median_seconds(dense, reps))
     t_ref = median_seconds(reference, 1) * batch_per_task / reference_per_task
     c, d = sorted(t_compiled)[1], sorted(t_dense)[1]
+    by_op = {}
+    if ops:
+        by_op = {"ops": {"compiled": op_times(compiled, reps, device), "dense": op_times(dense, reps, device)}}
+        by_op["compiled_matmul_ms"] = matmul_ms(by_op["ops"]["compiled"])
+        by_op["dense_matmul_ms"] = matmul_ms(by_op["ops"]["dense"])
+        by_op["matmul_floor"] = by_op["compiled_matmul_ms"] / (d * 1e3)
     return {"spec": spec.path, "tasks": tasks, "batch": n, "device": str(device), "compiled_ms": c * 1e3,
             "reference_ms": t_ref * 1e3, "dense_equiv_ms": d * 1e3, "compiled_vs_dense": c / d,
             "reference_vs_compiled": t_ref / c, "flops": flops(lambda: step(eager)),
             "dense_equiv_flops": flops(lambda: dense(actor_net, critic_net)),
-            "dense_width": {"actor": actor_net[0].out_features, "critic": critic_net[0].out_features}}
+            "dense_width": {"actor": actor_net[0].out_features, "critic": critic_net[0].out_features}, **by_op}

@@ -196,7 +196,7 @@ def cmd_bench(args) -> int:
     from .compiler.bench import bench
     spec = _load(args)
     result = bench(spec, args.obs, args.act, args.tasks, args.batch_per_task or 128, device=args.device or "cpu",
-                   compile=args.compile)
+                   compile=args.compile, ops=args.ops)
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -209,7 +209,21 @@ def cmd_bench(args) -> int:
           f"{result['compiled_vs_dense']:.2f}x")
     print(f"  reference         {result['reference_ms']:10.1f} ms   reference / compiled = "
           f"{result['reference_vs_compiled']:.0f}x (scaled from 1 sample per task)")
+    if args.ops:
+        _print_ops(result)
     return 0
+
+
+def _print_ops(result: dict) -> None:
+    print("  where the time goes (torch.profiler, self time a step; the profiler adds to each op):")
+    for side in ("compiled", "dense"):
+        ops = result["ops"][side]
+        total, matmuls = sum(r["ms"] for r in ops), result[f"{side}_matmul_ms"]
+        top = ", ".join(f"{r['op'].removeprefix('aten::')} {r['ms']:.2f} ({r['calls']})" for r in ops[:6])
+        print(f"    {side:9s}{total:7.1f} ms in ops, {matmuls:.1f} in matmuls ({100 * matmuls / total:.0f} %); "
+              f"top (ms, calls): {top}")
+    print(f"    compiled matmuls alone / dense step = {result['matmul_floor']:.2f}x: no scheduling of the other "
+          f"ops goes below this")
 
 
 RATIO_RULE = ("With several --solve, the first named is searched and each other one keeps its ratio to it as in "
@@ -426,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", nargs="?", const=True, default=False, metavar="MODE",
                    help="torch.compile the trunks (and the dense MLPs); MODE is a torch.compile mode, e.g. "
                         "reduce-overhead for CUDA graphs")
+    p.add_argument("--ops", action="store_true", help="also time both op by op (torch.profiler): where the time "
+                                                       "goes, and the compiled matmuls' share")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(fn=cmd_bench)
     p = sub.add_parser("match", help="solve whole-number params so the parameter count is nearest a budget",

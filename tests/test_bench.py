@@ -7,7 +7,8 @@ import torch
 
 import graphnet
 from graphnet.compiler import build
-from graphnet.compiler.bench import bench, dense_mlp, flops, macs_per_sample
+from graphnet.cli import main
+from graphnet.compiler.bench import bench, dense_mlp, flops, macs_per_sample, matmul_ms, op_times
 
 OBS, ACT, T, PER_TASK = 6, 2, 3, 4
 
@@ -82,3 +83,27 @@ def test_bench_compiles_both_sides_alike():
     eager, compiled = (bench(spec, OBS, ACT, T, PER_TASK, reps=1, compile=c) for c in (False, True))
     assert compiled["flops"] == eager["flops"] and compiled["dense_width"] == eager["dense_width"]
     assert min(compiled["compiled_ms"], compiled["dense_equiv_ms"]) > 0
+
+
+def test_op_times_names_every_op_of_a_step_once_per_call():
+    a, b = torch.randn(64, 32), torch.randn(32, 16)
+    ops = {r["op"]: r for r in op_times(lambda: torch.mm(a, b).relu().sum(), steps=3)}
+    assert {"aten::mm", "aten::relu", "aten::sum"} <= set(ops)
+    assert ops["aten::mm"]["calls"] == ops["aten::relu"]["calls"] == 1
+    assert matmul_ms(list(ops.values())) == ops["aten::mm"]["ms"] > 0
+
+
+def test_bench_ops_splits_both_steps_into_matmuls_and_the_rest(capsys):
+    """PaCo's step runs its composition (_Compose, forward and backward) and per-task products (bmm); the
+    dense MLP's products are mm and addmm."""
+    spec = graphnet.load("paco", graphnet.Sizes(obs=OBS, act=ACT, tasks=T), K=2, H=16)
+    r = bench(spec, OBS, ACT, T, PER_TASK, reps=2, ops=True)
+    compiled, dense = ({x["op"] for x in r["ops"][side]} for side in ("compiled", "dense"))
+    assert {"_Compose", "_ComposeBackward", "aten::bmm"} <= compiled
+    assert {"aten::mm", "aten::addmm"} <= dense and "aten::bmm" not in dense
+    for side in ("compiled", "dense"):
+        assert 0 < r[f"{side}_matmul_ms"] < sum(x["ms"] for x in r["ops"][side])
+    assert r["matmul_floor"] == pytest.approx(r["compiled_matmul_ms"] / r["dense_equiv_ms"])
+    assert main(["bench", "mtsac", "--obs", str(OBS), "--act", str(ACT), "--tasks", str(T), "--batch-per-task",
+                 str(PER_TASK), "--set", "H=16", "--ops"]) == 0
+    assert "compiled matmuls alone / dense step" in capsys.readouterr().out
