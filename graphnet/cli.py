@@ -175,6 +175,8 @@ def cmd_plot(args) -> int:
 
 
 def cmd_bench(args) -> int:
+    if args.train and args.ops:
+        raise UsageError("--ops times the compiled networks and the dense MLP op by op; it does not apply to --train")
     if args.train:
         from pathlib import Path
         from .runtime.config import RunConfig

@@ -107,3 +107,5 @@ def test_bench_ops_splits_both_steps_into_matmuls_and_the_rest(capsys):
     assert main(["bench", "mtsac", "--obs", str(OBS), "--act", str(ACT), "--tasks", str(T), "--batch-per-task",
                  str(PER_TASK), "--set", "H=16", "--ops"]) == 0
     assert "compiled matmuls alone / dense step" in capsys.readouterr().out
+    assert main(["bench", "mtsac", "--train", "--ops"]) == 2
+    assert "--ops" in capsys.readouterr().err
