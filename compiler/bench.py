@@ -9,14 +9,16 @@ the multiply-adds of a dense MLP with its per-task parameter count)."""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from torch.profiler import ProfilerActivity, profile
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from .._spec import Spec
+from ..errors import GraphnetError
 from ..ir import nodes
 from .build import AgentNets, build, compile_module
 from .reference import reference_trunk
@@ -54,22 +56,36 @@ def macs_per_sample(nets: AgentNets, role: str, obs: Tensor, act: Tensor, tasks:
         return flops(lambda: reference_trunk(nets, role, obs[:tasks], task, act[:tasks])) / (2 * tasks)
 
 
-MATMULS = {"aten::mm", "aten::bmm", "aten::addmm", "aten::baddbmm", "aten::addmm_", "aten::baddbmm_"}
+MATMULS = {"mm", "bmm", "addmm", "baddbmm", "addmm_", "baddbmm_"}
 
 
-def op_times(fn: Callable[[], None], steps: int, device: str = "cpu") -> list[dict]:
-    """Self time of every op `fn` runs, per call of `fn`, longest first (torch.profiler; on CUDA the kernels'
-    device time). Op by op, a step's time splits into matmuls, which no rearrangement of the other ops can
-    make cheaper, and the rest; the profiler adds its own overhead to each op, so the sum exceeds a plain
-    step's time, most where ops are small."""
-    cuda = str(device).startswith("cuda")
+class _OpTimer(TorchDispatchMode):
+    """Each aten op's time where it runs in the step (the kernels that reach the dispatcher: a custom autograd
+    Function's ops, not the Function). The Python between ops slows the step, not the ops. torch.profiler is
+    not used: in a step it read a twin critic's relu backward 3x higher than hooks on that node did."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds, self.calls = Counter(), Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        start = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        self.seconds[name] += time.perf_counter() - start
+        self.calls[name] += 1
+        return out
+
+
+def op_times(fn: Callable[[], None], steps: int) -> list[dict]:
+    """The time of every op `fn` runs on the CPU, per call of `fn`, longest first. Their sum falls short of a
+    plain step by the Python and autograd bookkeeping between ops."""
     fn()
-    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
+    with _OpTimer() as timer:
         for _ in range(steps):
             fn()
-    rows = [{"op": e.key, "ms": (e.self_device_time_total if cuda else e.self_cpu_time_total) / steps / 1e3,
-             "calls": e.count // steps} for e in prof.key_averages()]
-    return sorted((r for r in rows if r["ms"] > 0), key=lambda r: -r["ms"])
+    rows = [{"op": op, "ms": t / steps * 1e3, "calls": timer.calls[op] // steps} for op, t in timer.seconds.items()]
+    return sorted(rows, key=lambda r: -r["ms"])
 
 
 def matmul_ms(ops: list[dict]) -> float:
@@ -93,8 +109,10 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
     """Actor + twin-critic forward and backward at a task-major batch. The reference interpreter runs
     `reference_per_task` samples per task and is scaled to the full batch (it is linear in samples).
     With `compile` (True or a torch.compile mode) the dense MLPs are compiled alike, so the ratio stays
-    like for like. With `ops`, also the op-by-op time of both (op_times) and the compiled step's matmul time
-    over the dense step's time: a floor no scheduling of the non-matmul ops can go below."""
+    like for like. With `ops` (CPU), also the op-by-op time of both (op_times) and the compiled step's matmul
+    time over the dense step's time: a floor no scheduling of the non-matmul ops can go below."""
+    if ops and str(device) != "cpu":
+        raise GraphnetError("--ops times CPU ops one by one; on CUDA, use torch.profiler or Nsight Systems")
     torch.manual_seed(0)
     reads_meta = any(node.op == "meta" for node in nodes(spec.graph_for(obs_dim, act_dim, tasks)))
     meta = torch.randn(tasks, 768) if reads_meta else None  # stand-in description embeddings
@@ -149,7 +167,7 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
     c, d = sorted(t_compiled)[1], sorted(t_dense)[1]
     by_op = {}
     if ops:
-        by_op = {"ops": {"compiled": op_times(compiled, reps, device), "dense": op_times(dense, reps, device)}}
+        by_op = {"ops": {"compiled": op_times(compiled, reps), "dense": op_times(dense, reps)}}
         by_op["compiled_matmul_ms"] = matmul_ms(by_op["ops"]["compiled"])
         by_op["dense_matmul_ms"] = matmul_ms(by_op["ops"]["dense"])
         by_op["matmul_floor"] = by_op["compiled_matmul_ms"] / (d * 1e3)
