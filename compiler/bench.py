@@ -109,10 +109,11 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
     """Actor + twin-critic forward and backward at a task-major batch. The reference interpreter runs
     `reference_per_task` samples per task and is scaled to the full batch (it is linear in samples).
     With `compile` (True or a torch.compile mode) the dense MLPs are compiled alike, so the ratio stays
-    like for like. With `ops` (CPU), also the op-by-op time of both (op_times) and the compiled step's matmul
-    time over the dense step's time: a floor no scheduling of the non-matmul ops can go below."""
-    if ops and str(device) != "cpu":
-        raise GraphnetError("--ops times CPU ops one by one; on CUDA, use torch.profiler or Nsight Systems")
+    like for like. With `ops` (eager, CPU), also the op-by-op time of both (op_times) and the compiled step's
+    matmul time over the dense step's time: a floor no scheduling of the non-matmul ops can go below."""
+    if ops and (compile or str(device) != "cpu"):   # under the timer torch.compile'd code runs eager
+        raise GraphnetError("--ops times eager CPU ops one by one: not with --compile or on CUDA (there, use "
+                            "torch.profiler or Nsight Systems)")
     torch.manual_seed(0)
     reads_meta = any(node.op == "meta" for node in nodes(spec.graph_for(obs_dim, act_dim, tasks)))
     meta = torch.randn(tasks, 768) if reads_meta else None  # stand-in description embeddings

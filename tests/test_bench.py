@@ -111,5 +111,6 @@ def test_bench_ops_splits_both_steps_into_matmuls_and_the_rest(capsys):
     assert "compiled matmuls alone / dense step" in capsys.readouterr().out
     assert main(["bench", "mtsac", "--train", "--ops"]) == 2
     assert "--ops" in capsys.readouterr().err
-    with pytest.raises(graphnet.GraphnetError, match="CPU"):
-        bench(graphnet.load("mtsac"), ops=True, device="cuda")
+    for other in ({"device": "cuda"}, {"compile": True}):
+        with pytest.raises(graphnet.GraphnetError, match="eager CPU"):
+            bench(graphnet.load("mtsac"), ops=True, **other)
