@@ -103,7 +103,8 @@ class ParamOp(nn.Module):
         the CPU only: on CUDA the pads are extra kernels that do not pay (see shared_input_linears)."""
         if pad == (0, 0) or next(iter(self.params.values())).is_cuda:
             return dict(self.params.items())
-        return {k: F.pad(v, (0, pad[1]) if k == "bias" else (0, pad[1], 0, pad[0])) for k, v in self.params.items()}
+        widths = {k: (0, pad[1]) if k == "bias" else (0, pad[1], 0, pad[0]) for k in self.params}
+        return {k: F.pad(v, widths[k]) if any(widths[k]) else v for k, v in self.params.items()}
 
     def _per_task(self, fn: Callable, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout,
                   accumulate: Tensor | None = None) -> Tensor:
