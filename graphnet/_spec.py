@@ -258,25 +258,7 @@ class Spec:
             if item.name in raw:
                 self.errors.append(TrainConfigError(f"train option '{item.name}' is set twice", item.pos))
             raw[item.name], where[item.name] = value, item.pos
-        try:
-            self.train = TrainConfig(**raw)
-        except ValidationError as e:
-            for err in e.errors():
-                loc = err["loc"]
-                name = str(loc[0]) if loc else ""
-                pos = where.get(name, self.root.spec.agent.pos if self.root.spec.agent else None)
-                if err["type"] == "extra_forbidden":
-                    key, fields = str(loc[-1]), option_fields(loc[:-1])
-                    where = "train option" if len(loc) == 1 else f"setting of {name}"
-                    self.errors.append(TrainConfigError(f"unknown {where} '{key}'", pos,
-                                                        did_you_mean(key, fields) or
-                                                        "choose from: " + ", ".join(fields)))
-                else:
-                    detail = ".".join(str(x) for x in loc[1:] if not isinstance(x, int))
-                    msg = err["msg"].removeprefix("Value error, ")
-                    self.errors.append(TrainConfigError(f"train option {name}{'.' + detail if detail else ''}: "
-                                                        f"{msg}", pos))
-            return
+        self.train = self._valid_train_options(raw, where)
         t = self.train
         if g is None:
             return
@@ -291,6 +273,36 @@ class Spec:
             self.errors.append(TrainConfigError(f"triplet feature '{t.triplet.feature}' is not a feature named in "
                                                 "the agent section", where.get("triplet"),
                                                 did_you_mean(t.triplet.feature, g.graph["features"])))
+
+    def _valid_train_options(self, raw: dict[str, Any], where: dict[str, Pos]) -> TrainConfig:
+        """Report every invalid option at its position, then keep the valid ones, so that the checks
+        against the graph still run on them (one bad option hides nothing else)."""
+        valid, reported = dict(raw), False
+        while True:
+            try:
+                return TrainConfig(**valid)
+            except ValidationError as e:
+                names = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
+                if not reported:
+                    self.errors.extend(self._train_option_error(err, where) for err in e.errors())
+                    reported = True
+                if not names & valid.keys():
+                    return TrainConfig()
+                for name in names:
+                    valid.pop(name, None)
+
+    def _train_option_error(self, err: Any, where: dict[str, Pos]) -> TrainConfigError:
+        loc = err["loc"]
+        name = str(loc[0]) if loc else ""
+        pos = where.get(name, self.root.spec.agent.pos if self.root.spec.agent else None)
+        if err["type"] == "extra_forbidden":
+            key, fields = str(loc[-1]), option_fields(loc[:-1])
+            what = "train option" if len(loc) == 1 else f"setting of {name}"
+            return TrainConfigError(f"unknown {what} '{key}'", pos,
+                                    did_you_mean(key, fields) or "choose from: " + ", ".join(fields))
+        detail = ".".join(str(x) for x in loc[1:] if not isinstance(x, int))
+        msg = err["msg"].removeprefix("Value error, ")
+        return TrainConfigError(f"train option {name}{'.' + detail if detail else ''}: {msg}", pos)
 
     def _train_value(self, e: A.Node) -> Any:
         if isinstance(e, A.Call) and len(e.callee) == 1 and e.sharing is None:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
+    model_validator
 
 
 class _Strict(BaseModel):
@@ -91,11 +92,14 @@ class TrainConfig(_Strict):
     batch_per_task: PositiveInt = 128
     init_alpha: PositiveFloat = 1.0
 
-    @model_validator(mode="after")
-    def _reset_needs_maskout(self):
-        if self.w_reset and self.loss_maskout is None:
-            raise ValueError("w_reset re-draws the w of tasks masked out by loss_maskout: set loss_maskout too")
-        return self
+    @field_validator("w_reset")
+    @classmethod
+    def _reset_needs_maskout(cls, w_reset: bool, info: ValidationInfo) -> bool:
+        """A field's check, not the model's: its error names w_reset and does not hide the others' (a
+        loss_maskout that failed its own check is not in `info.data`, and is not reported twice)."""
+        if w_reset and "loss_maskout" in info.data and info.data["loss_maskout"] is None:
+            raise ValueError("it re-draws the w of tasks masked out by loss_maskout: set loss_maskout too")
+        return w_reset
 
 
 _KINDS = {"replay": (UniformReplay, TAPER), "sampling": (UniformSampling, GroupSampling, TacoSampling),

@@ -407,6 +407,33 @@ def test_train_errors_are_reported_with_graph_errors(tmp_path):
                                                                    ("WidthError", (2, 11))]
 
 
+def test_every_bad_train_option_is_reported_at_its_own_place(tmp_path):
+    """Two unknown options once crashed the check; a w_reset without loss_maskout was reported with no name at
+    the agent section's line and hid the checks against the graph (no bank, an unknown triplet feature)."""
+    errs = errors(tmp_path, AGENT + "train {\n  lrr = 0.001  gama = 0.9\n  w_reset = true\n"
+                                    "  triplet = triplet(feature = zz)\n}\n")
+    assert sorted((where(e), e.message) for e in errs) == [
+        ((6, 3), "unknown train option 'lrr'"), ((6, 16), "unknown train option 'gama'"),
+        ((7, 3), "train option w_reset: it re-draws the w of tasks masked out by loss_maskout: set loss_maskout too"),
+        ((8, 3), "triplet feature 'zz' is not a feature named in the agent section")]
+
+
+def test_w_reset_without_a_bank_is_reported_beside_an_unknown_option(tmp_path):
+    errs = errors(tmp_path, AGENT + "train {\n  loss_maskout = 10  w_reset = true\n  lrr = 1\n}\n")
+    assert sorted(where(e) for e in errs) == [(6, 22), (7, 3)]
+    assert "no layer of this agent is bank(K)" in errs[0].message + errs[1].message
+
+
+@pytest.mark.parametrize("argv", [["train", "mtsac", "--env", "MT1:reach-v3", "--steps", "10"],
+                                  ["bench", "mtsac"], ["bench", "mtsac", "--train"]])
+@pytest.mark.parametrize("device", ["gpu", "cuda:99", "tpu"])
+def test_a_device_this_process_cannot_use_is_one_line_before_anything_starts(tmp_path, capsys, argv, device):
+    assert main([*argv, "--device", device, *(["--out", str(tmp_path / "run")] if argv[0] == "train" else [])]) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith(f"error: ") and f"device '{device}'" in err and len(err.strip().splitlines()) == 1
+    assert out == "" and not (tmp_path / "run").exists()
+
+
 def test_an_error_in_a_block_called_twice_is_reported_once(tmp_path):
     errs = errors(tmp_path, """
     block mlp(x) -> OUT {
