@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from .._spec import Spec
-from ..errors import GraphnetError
+from ..errors import DeviceError, GraphnetError
 from ..ir import modules, nodes
 from .host_memory import keep_freed_memory
 from .lower import lower
@@ -79,8 +79,23 @@ class AgentNets(nn.Module):
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """`device`, or CUDA when present and the CPU otherwise: what `build` and a run default to."""
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    """`device`, or CUDA when present and the CPU otherwise: what `build` and a run default to. A device this
+    process cannot use is a DeviceError here, not a torch traceback in the middle of a build."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"unknown device '{device}': use cpu, cuda or cuda:N") from None
+    if resolved.type not in ("cpu", "cuda"):
+        raise DeviceError(f"device '{device}': graphnet runs on cpu or cuda")
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        build_kind = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}, no GPU visible"
+        raise DeviceError(f"device '{device}': this torch ({torch.__version__}, {build_kind}) has no CUDA device; "
+                          "use cpu")
+    if resolved.type == "cuda" and (resolved.index or 0) >= torch.cuda.device_count():
+        raise DeviceError(f"device '{device}': only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return resolved
 
 
 def compile_module(module: nn.Module, compile: bool | str) -> nn.Module:

@@ -520,6 +520,9 @@ def _budget_args(p: argparse.ArgumentParser, required: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "device", None):   # before anything starts: a device this process cannot use
+            from .compiler.build import resolve_device
+            resolve_device(args.device)
         return args.fn(args)
     except SpecErrors as e:
         print(e.render(), file=sys.stderr)

@@ -23,6 +23,10 @@ class GraphnetError(Exception):
     """Base of every error graphnet reports to a user (never shown with a traceback)."""
 
 
+class DeviceError(GraphnetError, ValueError):
+    """A device this process cannot use (an unknown name, CUDA on a CPU-only torch)."""
+
+
 class SpecError(GraphnetError):
     """One problem in a spec, at a position."""
 
