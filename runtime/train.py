@@ -83,14 +83,18 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     """Run (or resume) training. `make_env(seed)` replaces the Meta-World environments (tests use a small
     problem of their own with the same interface)."""
     check_run_dir(cfg, resume)  # before the environments, which take seconds to build
+    run_dir = cfg.out
+    found = checkpoint.read_latest(run_dir) if resume else None
+    saved = found.state if found else None
+    if saved is not None and str(saved["spec_hash"]).startswith("transfer:"):
+        raise RunError(f"{run_dir} is a transfer run (graphnet transfer): it learns only w and is not resumed "
+                       "with graphnet train")
+    if saved is not None and saved["step"] >= cfg.steps:
+        raise RunError(f"{run_dir} is at step {saved['step']:,} already, not short of --steps {cfg.steps:,}: "
+                       f"nothing to do (pass --steps above {saved['step']:,} to extend it)")
     make_env = make_env or (lambda seed: MultiTaskEnv(cfg.env, seed))
     env, eval_env = make_env(cfg.seed), make_env(cfg.seed + 1_000_003)
     spec = check(cfg, resume, graphnet.Sizes(obs=env.obs_dim, act=env.act_dim, tasks=env.num_tasks))
-    run_dir = cfg.out
-    saved = checkpoint.load(run_dir) if resume else None
-    if resume and saved is not None and str(saved["spec_hash"]).startswith("transfer:"):
-        raise RunError(f"{run_dir} is a transfer run (graphnet transfer): it learns only w and is not resumed "
-                       "with graphnet train")
     if resume and saved is not None and saved["spec_hash"] != spec.hash:
         raise RunError(f"the spec changed since this run started (hash {saved['spec_hash']}, now {spec.hash})")
     device, rng = start_run(cfg)
@@ -127,8 +131,10 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                 trees.tree, trees.max_leaf = saved["trees"].to(device), saved["max_leaf"].to(device)
         else:
             refill_until = step + cfg.warmup
-        print(f"resuming {run_dir} at step {step:,} of {cfg.steps:,}"
+        print(f"resuming {run_dir} at step {step:,} of {cfg.steps:,} from checkpoints/{found.path.name}"
               + ("" if "replay" in saved else f" (replay not saved: refilling {cfg.warmup:,} steps first)"))
+        for why in found.skipped:
+            print(f"  a newer checkpoint could not be read and was passed over: {why}")
     update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)   # after the checkpoint: captures its state
     log = RunLog(run_dir, env.names, resume_step=step if saved else None)
     if env_state is not None:
