@@ -51,6 +51,16 @@ def parse_value(text: str) -> Any:
     return {"true": True, "false": False}.get(text, text)
 
 
+def spec_value(value: Any) -> str:
+    """A param value as a user writes it (`true`, not Python's `True`): the inverse of `parse_value`."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def settings(values: dict[str, Any]) -> str:
+    """Param values as they read in a spec: `H = 400, proj = shared, first = true`."""
+    return ", ".join(f"{k} = {spec_value(v)}" for k, v in values.items())
+
+
 class Spec:
     """A loaded, checked spec. `graph` is the agent graph at MT10 sizes; `graph_for` at any sizes."""
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._spec import Sizes, Spec, load, parse_value
+from ._spec import Sizes, Spec, load, parse_value, settings
 from pydantic import ValidationError
 
 from .errors import GraphnetError, SpecErrors
@@ -81,7 +81,7 @@ def cmd_show(args) -> int:
     g = spec.graph_for(obs=args.obs, act=args.act, tasks=args.tasks)
     mods = g.graph["modules"]
     print(f"{spec.path}  hash {spec.hash}")
-    print("params: " + ", ".join(f"{k} = {v}" for k, v in spec.values.items()))
+    print("params: " + settings(spec.values))
     if g.graph["bank"]:
         b = g.graph["bank"]
         print(f"bank: K = {b['K']}, init = {b['init']}, w = {b['w']} (table w: {args.tasks} x {b['K']})")
@@ -262,7 +262,7 @@ def cmd_match(args) -> int:
     if args.json:
         print(json.dumps(match.as_json(), indent=2))
         return 0
-    print(f"{args.spec}: " + ", ".join(f"{k} = {v}" for k, v in match.values.items()))
+    print(f"{args.spec}: " + settings(match.values))
     print(f"  {args.count + ' count':<14}{match.count:>14,}")
     print(f"  {'budget':<14}{match.budget:>14,}{like}")
     print(f"  {'mismatch':<14}{match.mismatch:>+14,}  ({match.mismatch_pct:+.3f} %)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from . import _ast as A
-from ._spec import MT10, Sizes, Spec, find_spec, load
+from ._spec import MT10, Sizes, Spec, find_spec, load, settings, spec_value
 from .errors import GraphnetError, SpecErrors, did_you_mean
 
 COUNTS = ("total", "trainable", "actor", "critic")
@@ -81,7 +81,7 @@ def solve(ref: str | Path, names: Sequence[str], budget: int, what: str = "total
         try:
             return count_of(load(ref, sizes, **{**overrides, **values}), sizes, what)
         except SpecErrors as e:
-            at = ", ".join(f"{k} = {v}" for k, v in values.items())
+            at = settings(values)
             raise MatchError(f"at {at} the spec does not check: {e.errors[0].message}") from None
 
     x, found, note = nearest(count, budget, names[0], what)
@@ -230,7 +230,7 @@ def _literal(value: Any, decl: A.Param, spec: Spec) -> str:
     """A param value as spec text. A word is written bare where it reads as that word: among the
     declaration's choices, or when it names no param; otherwise quoted."""
     if isinstance(value, bool):
-        return "true" if value else "false"
+        return spec_value(value)
     if isinstance(value, str):
         bare = value.isidentifier() and (decl.choices is not None or value not in spec.decls)
         return value if bare else f'"{value}"'
@@ -318,17 +318,14 @@ def _check_grid(spec: Spec, vary: dict[str, list[Any]], solve_names: Sequence[st
 
 def _safe(value: Any) -> str:
     """A value as a file-name part."""
-    text = str(value).lower() if isinstance(value, bool) else str(value)
-    return re.sub(r"[^A-Za-z0-9._]+", "_", text)
+    return re.sub(r"[^A-Za-z0-9._]+", "_", spec_value(value))
 
 
 def provenance(source: str, values: dict[str, Any], what: str, match: Match | None) -> str:
     """The header comment of a written spec: where it came from and what was solved."""
-    settings = ", ".join(f"{k} = {v}" for k, v in values.items())
-    text = f"Written by graphnet from {Path(source).name}: {settings}"
+    text = f"Written by graphnet from {Path(source).name}: {settings(values)}"
     if match:
-        solved = ", ".join(f"{k} = {v}" for k, v in match.values.items())
-        text += (f"\n{solved} solved: {what} count {match.count:,}, budget {match.budget:,}, "
+        text += (f"\n{settings(match.values)} solved: {what} count {match.count:,}, budget {match.budget:,}, "
                  f"mismatch {match.mismatch:+,} ({match.mismatch_pct:+.3f} %)")
     return text
 
@@ -338,7 +335,7 @@ def write_tables(rows: list[Variant], out_dir: Path, spec_name: str, what: str) 
     varied = list(rows[0].varied)
     solved = list(rows[0].solved)
     head = ["variant", *varied, *solved, what, "budget", "mismatch", "mismatch %"]
-    table = [[r.file, *(r.varied[k] for k in varied), *(r.solved[k] for k in solved), r.count,
+    table = [[r.file, *(spec_value(r.varied[k]) for k in varied), *(r.solved[k] for k in solved), r.count,
               "" if r.budget is None else r.budget, "" if r.mismatch is None else r.mismatch,
               "" if r.mismatch_pct is None else f"{r.mismatch_pct:.3f}"] for r in rows]
     with open(out_dir / "ablation.csv", "w", newline="") as fh:

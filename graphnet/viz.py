@@ -17,7 +17,7 @@ from pathlib import Path
 import graphviz
 import networkx as nx
 
-from ._spec import MT10, Sizes, Spec
+from ._spec import MT10, Sizes, Spec, settings
 from .accounting import ParamReport, count
 from .errors import GraphnetError
 from .ir import Module, OpNode, modules, nodes
@@ -198,7 +198,7 @@ def _cluster_label(role: str, report: ParamReport) -> str:
 
 
 def _title(spec: Spec, report: ParamReport, sizes: Sizes) -> str:
-    values = ", ".join(f"{k} = {v}" for k, v in spec.values.items())
+    values = settings(spec.values)
     return (f"{Path(spec.path).name}: " + "\n".join(textwrap.wrap(values, 90)) +
             f"\n{report.total:,} parameters in all (obs {sizes.obs}, act {sizes.act}, {sizes.tasks} tasks)")
 
@@ -297,7 +297,7 @@ def html_page(spec: Spec, svg: str, sizes: Sizes = MT10) -> str:
     bank = spec.graph_for(sizes.obs, sizes.act, sizes.tasks, sizes.meta).graph["bank"]
     name = html.escape(Path(spec.path).name)
     svg = svg[svg.index("<svg"):]
-    values = html.escape(", ".join(f"{k} = {v}" for k, v in spec.values.items()))
+    values = html.escape(settings(spec.values))
     legend = "".join(f'<span class="key"><span class="swatch" style="background:{FILL[k]}"></span>'
                      f"{html.escape(t)}</span>" for k, t in _legend_words(sizes, bank))
     summary = [("actor", report.actor), ("critic (2 twins)", report.critic),

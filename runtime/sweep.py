@@ -34,6 +34,7 @@ import numpy as np
 from pydantic import ValidationError
 
 from .. import _spec
+from .._spec import spec_value
 from ..errors import GraphnetError, SpecErrors
 from ..matching import _safe
 from . import checkpoint
@@ -66,7 +67,7 @@ class Point:
 
     @property
     def label(self) -> str:
-        return ", ".join([self.spec] + [f"{k}={v}" for k, v in self.variant.items()])
+        return ", ".join([self.spec] + [f"{k}={spec_value(v)}" for k, v in self.variant.items()])
 
 
 def variant_name(stem: str, varied: dict[str, Any]) -> str:
@@ -441,13 +442,13 @@ def write_tables(rows: list[Row], out: Path) -> None:
         w.writerow(["spec", *names, "seeds", "final_mean", "final_stderr", "best_mean", "best_stderr", "variant"])
         for r in rows:
             stats = [*mean_stderr(r.final), *mean_stderr(r.best)]
-            w.writerow([r.spec, *(r.values.get(k, "") for k in names), r.seeds,
+            w.writerow([r.spec, *(spec_value(r.values[k]) if k in r.values else "" for k in names), r.seeds,
                         *("" if s is None else f"{s:.4f}" for s in stats), r.variant])
     lines = ["| spec | " + "".join(f"{k} | " for k in names) + "seeds | final success | best success |",
              "|---|" + "---|" * len(names) + "---|---|---|"]
     for r in rows:
         seeds = f"{r.seeds}" if r.seeds == r.planned else f"{r.seeds} of {r.planned}"
-        lines.append(f"| {r.spec} | " + "".join(f"{r.values.get(k, '')} | " for k in names)
+        lines.append(f"| {r.spec} | " + "".join(f"{spec_value(r.values[k]) if k in r.values else ''} | " for k in names)
                      + f"{seeds} | {_fmt(r.final)} | {_fmt(r.best)} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 

@@ -213,3 +213,17 @@ def test_ablate_errors(tiny, tmp_path, capsys):
                           (["--vary", "N=1", "--solve", "H"], "go together")):
         code, _, err = run(capsys, "ablate", tiny, *args, *SMALL, "-o", tmp_path)
         assert code == 2 and message in err, err
+
+
+BOOLEAN = "param H = 8, skip = false\nblock mlp(x) -> OUT {\n  h = relu(linear(x -> H))\n  if skip { h = h + x }\n" \
+          "  out = linear(h -> OUT)\n}\nagent {\n  actor = mlp(linear(obs -> H))\n  critic = mlp(linear(concat(obs, act) -> H))\n}\n"
+
+
+def test_boolean_params_read_as_written_in_ablation_tables(tmp_path, capsys):
+    spec = tmp_path / "b.gn"
+    spec.write_text(BOOLEAN)
+    code, text, _ = run(capsys, "ablate", spec, "--vary", "skip=true,false", "-o", tmp_path / "grid")
+    assert code == 0 and "True" not in text and "False" not in text
+    assert "| b__skip-true.gn | true |" in text and "| b__skip-false.gn | false |" in text
+    assert [r["skip"] for r in csv.DictReader((tmp_path / "grid" / "ablation.csv").open())] == ["true", "false"]
+    assert "skip = true" in (tmp_path / "grid" / "b__skip-true.gn").read_text().splitlines()[0]

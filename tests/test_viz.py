@@ -140,3 +140,13 @@ def test_missing_dot_program_is_a_clear_error(tmp_path, monkeypatch, capsys):
 def test_unknown_format(tmp_path, capsys):
     assert main(["viz", "ptsl", "-o", str(tmp_path / "ptsl.jpeg")]) == 2
     assert ".svg, .png, .html or .dot" in capsys.readouterr().err
+
+
+def test_boolean_params_read_as_written_in_the_title(tmp_path):
+    spec = tmp_path / "b.gn"
+    spec.write_text("param H = 8, skip = true\nagent {\n  actor = linear(relu(linear(obs -> H)) -> 2 * ACT)\n"
+                    "  critic = linear(concat(obs, act) -> 1)\n}\n")
+    out = tmp_path / "b.dot"
+    assert main(["viz", str(spec), "-o", str(out)]) == 0
+    text = out.read_text()
+    assert "skip = true" in text and "True" not in text
