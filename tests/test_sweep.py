@@ -83,7 +83,8 @@ def test_local_pool_sweep_resumes_skips_and_reports_a_failure(tmp_path, capsys):
     assert main(["sweep", "mtsac", "--vary", "H=16,24", "--seeds", "2", *TINY, "--workers", "2", "-o", str(out)]) == 1
     captured = capsys.readouterr()
     assert "(0 to start, 1 to resume, 3 finished: skipped)" in captured.out
-    assert "[1/1] FAILED  mtsac__H-16__s1: UnpicklingError" in captured.out
+    assert (f"[1/1] FAILED  mtsac__H-16__s1: no checkpoint in {broken / 'checkpoints'} can be read: "
+            "step_000000010.pt (UnpicklingError" in captured.out)
     assert f"run dir: {broken}" in captured.out and "mtsac__H-16__s1.log" in captured.out
     assert "1 of 1 runs failed" in captured.err
     assert "Traceback" in (out / "logs" / "mtsac__H-16__s1.log").read_text()
