@@ -78,6 +78,20 @@ class AgentNets(nn.Module):
         return list(self.features[name].parameters())
 
 
+def built_counts(nets: AgentNets) -> dict[str, int]:
+    """The built tensors' sizes in `graphnet params`' fields. A trunk's own count leaves out the common
+    parameters: tensors both actor and critic read, and the composition table w (one per agent, counted
+    apart by the accounting even where only the actor reads it)."""
+    actor, critic, target = ({id(p): p.numel() for p in m.parameters()}
+                             for m in (nets.actor, nets.critic, nets.critic_target))
+    common = (actor.keys() & critic.keys()) | ({id(nets.bank_table)} if nets.bank_table is not None else set())
+    def own(sizes: dict[int, int]) -> int:
+        return sum(n for i, n in sizes.items() if i not in common)
+    return {"actor": own(actor), "critic": own(critic), "critic_target": own(target),
+            "common": sum((actor | critic)[i] for i in common), "alpha": nets.log_alpha.numel(),
+            "total": sum(p.numel() for p in nets.parameters())}
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """`device`, or CUDA when present and the CPU otherwise: what `build` and a run default to. A device this
     process cannot use is a DeviceError here, not a torch traceback in the middle of a build."""

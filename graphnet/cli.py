@@ -101,20 +101,25 @@ def cmd_show(args) -> int:
 
 def cmd_compile(args) -> int:
     import torch
-    from .compiler import build
+    from .compiler import build, built_counts
     spec = _load(args)
     g = spec.graph_for(obs=args.obs, act=args.act, tasks=args.tasks)
     reads_meta = any(n.op == "meta" for n in nodes(g))
     nets = build(spec, args.obs, args.act, args.tasks, device="cpu",
                  task_metadata=torch.zeros(args.tasks, 768) if reads_meta else None)
+    built, report = built_counts(nets), spec.params(obs=args.obs, act=args.act, tasks=args.tasks)
     for role, net in (("actor", nets.actor), ("critic", nets.critic)):
-        count = sum(p.numel() for p in net.parameters())
-        print(f"{role} trunk: {count:,} parameters" + (" (2 stacked twins)" if role == "critic" else ""))
+        print(f"{role} trunk: {built[role]:,} parameters" + (" (2 stacked twins)" if role == "critic" else ""))
         if args.print_code:
             print(net.trunk.graph_module.code)
-    print(f"agent: {sum(p.numel() for p in nets.parameters()):,} parameters "
-          f"(graphnet params: {spec.params(obs=args.obs, act=args.act, tasks=args.tasks).total:,})")
-    return 0
+    print(f"common to actor and critic: {built['common']:,} (shared features, the composition table w); critic "
+          f"target: {built['critic_target']:,}; temperatures: {built['alpha']:,}")
+    agree = all(built[k] == getattr(report, k) for k in built)
+    print(f"agent: {built['total']:,} parameters; built tensors "
+          + ("agree with graphnet params in every count" if agree else
+             "DISAGREE with graphnet params: " + ", ".join(f"{k} {built[k]:,} vs {getattr(report, k):,}"
+                                                          for k in built if built[k] != getattr(report, k))))
+    return 0 if agree else 1
 
 
 def _run_config(args):

@@ -29,7 +29,8 @@ import pytest
 import torch
 
 import graphnet
-from graphnet.compiler import AgentNets, build, reference_trunk
+from graphnet.compiler import AgentNets, build, built_counts, reference_trunk
+from graphnet.cli import main
 from graphnet.compiler.lower import trunk_nodes
 from graphnet.compiler.modules import TaskLayout, _Compose
 
@@ -257,6 +258,7 @@ def test_parameters_are_those_counted(name, overrides):
     nets = make(name, **overrides)
     report = load(name, **overrides).params(OBS, ACT, T, meta=META)
     assert sum(p.numel() for p in nets.parameters()) == report.total
+    assert built_counts(nets) == {k: getattr(report, k) for k in built_counts(nets)}      # every field, not the sum
 
 
 @pytest.mark.parametrize("name", graphnet.library_names())
@@ -265,6 +267,17 @@ def test_parameters_are_those_counted_at_paper_sizes(name):
     nets = make(name, obs=39, act=4, tasks=10, **overrides)
     report = load(name, 39, 4, 10, **overrides).params(39, 4, 10, meta=META)
     assert sum(p.numel() for p in nets.parameters()) == report.total
+    assert built_counts(nets) == {k: getattr(report, k) for k in built_counts(nets)}
+
+
+@pytest.mark.parametrize("variant", ["ac_shared", "actor_only", "output_only"])
+def test_compile_prints_the_counts_of_graphnet_params(variant, capsys):
+    """Its per-trunk counts once included the common parameters and w (paco: 1,720,090 against 1,720,040)."""
+    assert main(["compile", "paco", "--set", f"variant={variant}"]) == 0
+    out = capsys.readouterr().out
+    report = load("paco", variant=variant).params()
+    assert f"actor trunk: {report.actor:,} parameters\n" in out and f"critic trunk: {report.critic:,} " in out
+    assert f"common to actor and critic: {report.common:,} " in out and "agree with graphnet params" in out
 
 
 @pytest.mark.parametrize("name, overrides", settings(per_spec=2))
