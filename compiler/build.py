@@ -139,7 +139,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     actor = Actor(Trunk(lower(g, "actor", op_modules, meta), num_tasks, reads_act=False))
     critic = Critic(Trunk(lower(g, "critic", op_modules, meta), num_tasks, reads_act=True))
     shared = [op_modules[mid] for mid, m in modules(g).items() if m.role == "common"]
-    keep = [*shared, *([table] if table is not None else [])]
+    keep = [*shared, *([table] if table is not None else [])] if g.graph["target"] == "shared" else []
     critic_target = copy.deepcopy(critic, memo={id(obj): obj for obj in keep})   # shares, never copies, these
     shared_params = {id(p) for m in shared for p in m.parameters()} | ({id(table)} if table is not None else set())
     for p in critic_target.parameters():

@@ -124,6 +124,7 @@ class Block(Node):
 @dataclass(frozen=True)
 class Agent(Node):
     body: tuple
+    options: tuple = ()     # keyword arguments of the section: agent(target = copy) { ... }
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ MAX_REPEAT = 10_000
 ENV_SYMBOLS = {"OBS": "observation size", "ACT": "action size", "T": "number of tasks",
                "META": "width of the task metadata embedding"}
 INPUTS = ("obs", "act", "task")
+AGENT_OPTIONS = {"target": ("shared", "copy")}   # agent(NAME = VALUE) { ... }: the first value is the default
 
 
 class _Poison:
@@ -86,7 +87,8 @@ class Scope:
 class Elaborator:
     def __init__(self, root: FileScope, params: dict[str, Any], param_choices: dict[str, tuple], env: Env):
         self.root, self.params, self.choices, self.env = root, params, param_choices, env
-        self.g = nx.DiGraph(modules={}, outputs={}, bank=None, env=vars(env).copy(), params=dict(params))
+        self.g = nx.DiGraph(modules={}, outputs={}, bank=None, env=vars(env).copy(), params=dict(params),
+                            target="shared")
         self.errors: list[SpecError] = []
         self.warnings: list[SpecError] = []
         self.assigned: list[tuple[str, str, Pos]] = []   # (name, node id, position) of created nodes
@@ -103,6 +105,7 @@ class Elaborator:
                                          Pos(self.root.spec.path, 1, 1),
                                          "add: agent { actor = ...  critic = ... }"))
             return self.g
+        self._agent_options(agent)
         scope = Scope({}, self.root, ())
         self.exec_body(agent.body, scope, agent=True)
         for role in ("actor", "critic"):
@@ -113,6 +116,21 @@ class Elaborator:
             self._check_critic_reads_action(self.output_pos["critic"])
             self._assign_roles_and_prune()
         return self.g
+
+    def _agent_options(self, agent: A.Agent) -> None:
+        """`agent(target = shared|copy)`: whether the critic's target reads the live common features (shared,
+        the default) or a Polyak-averaged copy of them (copy, as CARE's reference implementation keeps)."""
+        for opt in agent.options:
+            if not isinstance(opt, A.Kwarg) or opt.name not in AGENT_OPTIONS:
+                name = opt.name if isinstance(opt, A.Kwarg) else None
+                self.errors.append(OpError(f"the agent section has no option '{name}'" if name else
+                                           "the agent section takes named options: agent(target = copy)", opt.pos,
+                                           did_you_mean(name, AGENT_OPTIONS) if name else None))
+            elif not isinstance(opt.value, A.Name) or opt.value.id not in AGENT_OPTIONS[opt.name]:
+                self.errors.append(OpError(f"agent option {opt.name} is one of: " +
+                                           ", ".join(AGENT_OPTIONS[opt.name]), opt.value.pos))
+            else:
+                self.g.graph[opt.name] = opt.value.id
 
     # ----------------------------------------------------------------------------- statements
     def exec_body(self, body, scope: Scope, agent: bool = False) -> None:
@@ -739,6 +757,12 @@ class Elaborator:
                 modules[mid].role = roles.pop() if len(roles) == 1 else "common"
         if not any(m.sharing == "bank" for m in modules.values()):
             self.g.graph["bank"] = None
+        if self.g.graph["target"] == "copy" and not any(m.role == "common" for m in modules.values()) and \
+                not any(m.role == "critic" and m.sharing == "bank" for m in modules.values()):
+            agent = self.root.spec.agent
+            self.warnings.append(Warning_("agent(target = copy): actor and critic share no parameters, so the "
+                                          "target has nothing more to copy", agent.options[0].pos if agent else None,
+                                          "name a feature both read in the agent section, or drop the option"))
 
 
 def arithmetic(op: str, a: int | float, b: int | float) -> int | float:

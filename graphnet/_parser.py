@@ -171,7 +171,7 @@ class _ToAst(Transformer):
         return [str(c) for c in ch]
 
     def agent_def(self, meta, ch):
-        return A.Agent(self.p(meta), ch[0])
+        return A.Agent(self.p(meta), ch[-1], ch[0] if len(ch) == 2 else ())
 
     def train_def(self, meta, ch):
         return [c for c in ch if isinstance(c, A.TrainItem)]

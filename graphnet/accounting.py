@@ -4,7 +4,8 @@ Conventions (documented in the README):
 - every module is counted once however many call sites use it; a `task` module has T copies and a
   `bank(K)` module K copies, plus one composition table w (T x K) per agent, shared by actor and critic;
 - the critic is counted twice (twin critics) and so is its target; modules used by both actor and
-  critic (role `common`) are counted once and not copied into the target;
+  critic (role `common`) are counted once and not copied into the target, unless the agent section says
+  `agent(target = copy)`: the target then holds its own copy of the common parameters the critic reads;
 - `per_task` is the size of the network one sample of one task is evaluated with: shared modules,
   its task's copy, and its composed bank parameters theta_t = Phi w_t (one copy's size) plus its row of w.
 """
@@ -62,8 +63,11 @@ def count(g: nx.DiGraph) -> ParamReport:
         if bank and _uses_bank(g, role):
             per_task[role] += w_row
     trainable = role_total["actor"] + role_total["critic"] + role_total["common"] + tasks
-    return ParamReport(total=trainable + role_total["critic"], trainable=trainable, actor=role_total["actor"],
-                       critic=role_total["critic"], critic_target=role_total["critic"], common=role_total["common"],
+    target = role_total["critic"]
+    if g.graph["target"] == "copy":
+        target += role_total["common"] - table + (table if bank and _uses_bank(g, "critic") else 0)
+    return ParamReport(total=trainable + target, trainable=trainable, actor=role_total["actor"],
+                       critic=role_total["critic"], critic_target=target, common=role_total["common"],
                        alpha=tasks, by_sharing=by_sharing, per_task=per_task, by_module=rows)
 
 

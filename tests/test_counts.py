@@ -7,7 +7,8 @@ i*o weights and o biases, and so on. They never call graphnet's accounting. Conv
 - the actor outputs 2 x ACT features, the critic 1; onehot(task) is T wide;
 - a `task` module has T copies, a `bank(K)` module K copies plus one T x K table w per agent,
   counted in `common` and in by_sharing['bank'];
-- the critic is built twice (twin critics), and so is its target; `common` is not copied into it;
+- the critic is built twice (twin critics), and so is its target; `common` is not copied into it, but with
+  `agent(target = copy)` the target holds a copy of the common modules and, where the critic is banked, of w;
 - total = actor + 2 critic twins + 2 target twins + common + T temperatures;
 - per_task: shared parameters, one copy of the task / bank modules, and K (the task's row of w)
   where a bank is used.
@@ -65,6 +66,7 @@ class Agent:
     critic: Net            # one twin
     common: Net = Net()    # modules the actor and critic both read (not the bank table)
     k: int = 0             # bank size, 0 without a bank
+    target_copy: bool = False   # agent(target = copy)
 
 
 def expected_report(agent: Agent, tasks: int) -> dict:
@@ -79,14 +81,15 @@ def expected_report(agent: Agent, tasks: int) -> dict:
     per_task = {"actor": agent.actor.one_task() + agent.common.one_task() + (k if agent.actor.bank else 0),
                 "critic": 2 * agent.critic.one_task() + agent.common.one_task() + (k if agent.critic.bank else 0)}
     trainable = actor + critic + common + tasks
-    return {"total": trainable + critic, "trainable": trainable, "actor": actor, "critic": critic,
-            "critic_target": critic, "common": common, "alpha": tasks, "by_sharing": by_sharing,
+    target = critic + (agent.common.total(tasks, k) + (table if agent.critic.bank else 0) if agent.target_copy else 0)
+    return {"total": trainable + target, "trainable": trainable, "actor": actor, "critic": critic,
+            "critic_target": target, "common": common, "alpha": tasks, "by_sharing": by_sharing,
             "per_task": per_task}
 
 
-def report(name: str, params: dict, env: tuple[int, int, int], meta: int = 768) -> dict:
+def report(name: str, params: dict, env: tuple[int, int, int], meta: int = 768, specs: Path = SPECS) -> dict:
     obs, act, tasks = env
-    rep = graphnet.load(SPECS / f"{name}.gn", **params).params(obs=obs, act=act, tasks=tasks, meta=meta)
+    rep = graphnet.load(specs / f"{name}.gn", **params).params(obs=obs, act=act, tasks=tasks, meta=meta)
     return rep.model_dump(exclude={"by_module"})
 
 
@@ -292,3 +295,18 @@ def test_care_ptsl_matches_care_at_mt10():
     assert abs(care_ptsl - care) <= 1e-4 * care
     counted = {name: report(name, {}, mt10)["total"] for name in ("care", "care_ptsl")}
     assert abs(counted["care_ptsl"] - counted["care"]) <= 1e-4 * counted["care"]
+
+
+@pytest.mark.parametrize("name, params", [("shared_unique", {}), ("shared_unique", {"U": 16}), ("paco", {}),
+                                          ("paco", {"variant": "actor_only"}), ("paco", {"variant": "output_only"})])
+def test_a_target_copy_holds_the_common_parameters_the_critic_reads(tmp_path, name, params):
+    """agent(target = copy): shared-unique's target copies the unique features' encoder and w; PaCo's copies w
+    where its critic is banked (ac_shared, output_only), and nothing more where it is not (actor_only)."""
+    text = (SPECS / f"{name}.gn").read_text()
+    assert text.count("agent {") == 1
+    (tmp_path / f"{name}.gn").write_text(text.replace("agent {", "agent(target = copy) {"))
+    counts = {"shared_unique": shared_unique_counts, "paco": paco_counts}[name]
+    for env in ENVS[:2]:
+        agent = counts(*env, **params)
+        copied = Agent(agent.actor, agent.critic, agent.common, agent.k, target_copy=True)
+        assert report(name, params, env, specs=tmp_path) == expected_report(copied, env[2])

@@ -208,6 +208,13 @@ CASES = {
     "sharing on an op without parameters": (
         "agent {\n  actor = linear(task relu(obs) -> 8)\n" + CRITIC + "}\n",
         OpError, (2, 18), "relu has no parameters, so 'task' means nothing here", "sharing applies to"),
+    # agent options
+    "unknown agent option": (
+        "agent(targt = copy) {\n" + ACTOR + CRITIC + "}\n",
+        OpError, (1, 7), "the agent section has no option 'targt'", "did you mean 'target'?"),
+    "agent option value": (
+        "agent(target = polyak) {\n" + ACTOR + CRITIC + "}\n",
+        OpError, (1, 16), "agent option target is one of: shared, copy", None),
     # train section
     "unknown train option": (
         AGENT + "train {\n  lrr = 0.1\n}\n",
@@ -504,3 +511,9 @@ def test_unknown_spec_name(capsys):
     err = capsys.readouterr().err
     assert "error: no spec file or library spec named 'mtsak'" in err
     assert "did you mean 'mtsac'" in err
+
+
+def test_a_target_copy_with_nothing_shared_is_a_warning(tmp_path):
+    spec = graphnet.load(write(tmp_path, "agent(target = copy) {\n" + ACTOR + CRITIC + "}\n"))
+    assert [(where(w), w.message.split(":")[0]) for w in spec.warnings] == [((1, 7), "agent(target = copy)")]
+    assert "share no parameters" in spec.warnings[0].message
