@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, metavar="N",
                    help="local pool size (default 1); each worker gets max(1, cores // N) torch threads")
     p.add_argument("--ray", metavar="ADDRESS|auto|local",
-                   help="run on Ray (pip install graphnet[ray]): a cluster address, 'auto' (the running cluster) "
+                   help="run on Ray (pip install graphnet-rl[ray]): a cluster address, 'auto' (the running cluster) "
                         "or 'local' (start a Ray instance here with 2 CPUs)")
     p.add_argument("--cpus-per-run", type=float, default=1, metavar="N", help="with --ray: CPUs per run (default 1)")
     p.add_argument("--gpus-per-run", type=float, default=0, metavar="N", help="with --ray: GPUs per run (default 0)")

@@ -12,9 +12,10 @@ import numpy as np
 
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
-    for pkg in ("graphnet", "torch", "metaworld", "mujoco", "gymnasium", "numpy"):
+    for name, dist in {"graphnet": "graphnet-rl", **{d: d for d in ("torch", "metaworld", "mujoco", "gymnasium",
+                                                                     "numpy")}}.items():
         try:
-            out[pkg] = metadata.version(pkg)
+            out[name] = metadata.version(dist)
         except metadata.PackageNotFoundError:
             pass
     return out

@@ -348,7 +348,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise SweepError("--ray needs Ray, an optional dependency: pip install graphnet[ray]  (or: pip install "
+        raise SweepError("--ray needs Ray, an optional dependency: pip install graphnet-rl[ray]  (or: pip install "
                          "'ray>=2.9')") from None
     return ray
 
