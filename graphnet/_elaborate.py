@@ -13,10 +13,10 @@ from typing import Any
 import networkx as nx
 
 from . import _ast as A
-from .errors import (CycleError, OpError, ParamError, Pos, SpecError, UnknownName, Warning_, WidthError,
+from .errors import (CycleError, OpArgError, OpError, ParamError, Pos, SpecError, UnknownName, Warning_, WidthError,
                      did_you_mean)
 from .ir import Edge, Module, OpNode
-from .ops import OPS, USER_OPS, OpArgError
+from .ops import OPS, USER_OPS
 
 MAX_REPEAT = 10_000
 ENV_SYMBOLS = {"OBS": "observation size", "ACT": "action size", "T": "number of tasks",

@@ -10,13 +10,9 @@ from typing import Any
 from ._spec import Sizes, Spec, load, parse_value, settings
 from pydantic import ValidationError
 
-from .errors import GraphnetError, SpecErrors
+from .errors import GraphnetError, SpecErrors, UsageError
 from .ir import nodes
 from .matching import COUNTS, ablate, budget_like, provenance, solve, write_resolved
-
-
-class UsageError(GraphnetError):
-    pass
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:

@@ -23,8 +23,48 @@ class GraphnetError(Exception):
     """Base of every error graphnet reports to a user (never shown with a traceback)."""
 
 
+class UsageError(GraphnetError):
+    """Command-line arguments that do not fit together."""
+
+
 class DeviceError(GraphnetError, ValueError):
     """A device this process cannot use (an unknown name, CUDA on a CPU-only torch)."""
+
+
+class MatchError(GraphnetError):
+    """A budget that cannot be met, or params that cannot be solved."""
+
+
+class VizError(GraphnetError):
+    """A drawing that cannot be made (unknown format, no `dot` program)."""
+
+
+class EnvError(GraphnetError):
+    """An unknown Meta-World benchmark or task."""
+
+
+class RunError(GraphnetError):
+    """A training run that cannot start or go on (a bad run directory, a spec that changed, non-finite values)."""
+
+
+class TransferError(RunError):
+    """A run that cannot be transferred to a new task."""
+
+
+class CheckpointError(GraphnetError):
+    """A checkpoint that cannot be written (a full disk) or read."""
+
+
+class SweepError(GraphnetError):
+    """Sweep points that cannot run; reported together before anything starts."""
+
+
+class OpArgError(Exception):
+    """Raised by an op's width rule; the elaborator turns it into a positioned OpError or WidthError."""
+
+    def __init__(self, message: str, hint: str | None = None, width: bool = False):
+        super().__init__(message)
+        self.hint, self.width = hint, width
 
 
 class SpecError(GraphnetError):

@@ -19,15 +19,11 @@ from typing import Any, Callable, Sequence
 
 from . import _ast as A
 from ._spec import MT10, Sizes, Spec, find_spec, load, settings, spec_value
-from .errors import GraphnetError, SpecErrors, did_you_mean
+from .errors import MatchError, SpecErrors, did_you_mean
 
 COUNTS = ("total", "trainable", "actor", "critic")
 MAX_WIDTH = 1 << 24          # the exponential search gives up beyond this value
 MAX_SCAN = 1 << 16           # the fallback scan's widest bracket
-
-
-class MatchError(GraphnetError):
-    """A budget that cannot be met, or params that cannot be solved."""
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-
-class OpArgError(Exception):
-    """Raised by width rules; the elaborator turns it into a positioned OpError or WidthError."""
-
-    def __init__(self, message: str, hint: str | None = None, width: bool = False):
-        super().__init__(message)
-        self.hint, self.width = hint, width
+from .errors import OpArgError
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import networkx as nx
 
 from ._spec import MT10, Sizes, Spec, settings
 from .accounting import ParamReport, count
-from .errors import GraphnetError
+from .errors import VizError
 from .ir import Module, OpNode, modules, nodes
 
 FORMATS = ("svg", "png", "html", "dot")
@@ -32,10 +32,6 @@ ARITHMETIC = {"add": "+", "sub": "\u2212", "mul": "\u00d7"}
 CLUSTERS = ("actor", "critic", "common")
 TABLE = "composition table w"     # PaCo's w (T x K), drawn among the common features
 _ITERATION = re.compile(r"^(\w+)=(\d+)$")
-
-
-class VizError(GraphnetError):
-    """A drawing that cannot be made (unknown format, no `dot` program)."""
 
 
 @dataclass

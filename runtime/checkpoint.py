@@ -15,14 +15,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import GraphnetError
+from ..errors import CheckpointError
 
 LATEST = "latest.pt"
 _PARTIAL = ".partial.pt"
-
-
-class CheckpointError(GraphnetError):
-    pass
 
 
 @dataclass

@@ -11,13 +11,9 @@ import warnings
 import gymnasium as gym
 import numpy as np
 
-from ..errors import GraphnetError
+from ..errors import EnvError
 
 EPISODE_STEPS = 500
-
-
-class EnvError(GraphnetError):
-    pass
 
 
 def task_names(env: str) -> list[str]:

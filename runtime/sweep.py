@@ -35,7 +35,7 @@ from pydantic import ValidationError
 
 from .. import _spec
 from .._spec import spec_value
-from ..errors import GraphnetError, SpecErrors
+from ..errors import GraphnetError, SpecErrors, SweepError
 from ..matching import _safe
 from . import checkpoint
 from .config import RunConfig
@@ -43,10 +43,6 @@ from .config import RunConfig
 # run-config fields a resumed sweep may change; any other difference from the stored config is an error
 MAY_CHANGE = ("steps", "out", "device", "threads")
 LOCAL_RAY = dict(num_cpus=2, include_dashboard=False)   # `--ray local`
-
-
-class SweepError(GraphnetError):
-    pass
 
 
 @dataclass
