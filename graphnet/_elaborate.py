@@ -15,7 +15,7 @@ import networkx as nx
 from . import _ast as A
 from .errors import (CycleError, OpArgError, OpError, ParamError, Pos, SpecError, UnknownName, Warning_, WidthError,
                      did_you_mean)
-from .ir import Edge, Module, OpNode
+from .ir import Edge, Module, OpNode, Role
 from .ops import OPS, USER_OPS
 
 MAX_REPEAT = 10_000
@@ -732,7 +732,7 @@ class Elaborator:
     def _assign_roles_and_prune(self) -> None:
         """Role of a node = the outputs it feeds (actor, critic, or both: common). Unused nodes are dropped."""
         outputs = self.g.graph["outputs"]
-        reach: dict[str, set[str]] = {n: set() for n in self.g}
+        reach: dict[str, set[Role]] = {n: set() for n in self.g}
         for role, out in outputs.items():
             for n in nx.ancestors(self.g, out) | {out}:
                 reach[n].add(role)
@@ -741,7 +741,7 @@ class Elaborator:
                 self.warnings.append(Warning_(f"'{name}' is computed but never used; its parameters are not "
                                               "counted", pos, "remove it, or use it"))
         self.g.remove_nodes_from([n for n, roles in reach.items() if not roles])
-        used: dict[str, set[str]] = {}
+        used: dict[str, set[Role]] = {}
         for n in self.g:
             data: OpNode = self.g.nodes[n]["data"]
             roles = reach[n]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from importlib import resources
+from typing import Any, Callable
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
@@ -39,7 +40,9 @@ def parse(text: str, path: str) -> A.SpecFile:
 
 
 def _assemble(items: list, path: str, text: str) -> A.SpecFile:
-    spec, errors, seen = A.SpecFile(path), [], {}
+    spec = A.SpecFile(path)
+    errors: list[SpecError] = []
+    seen: dict[str, int] = {}  # param name -> line of its declaration
     for item in items:
         if isinstance(item, A.Import):
             spec.imports.append(item)
@@ -69,7 +72,8 @@ def _assemble(items: list, path: str, text: str) -> A.SpecFile:
 def _syntax_error(e: UnexpectedInput, text: str, path: str) -> SyntaxProblem:
     line, col = getattr(e, "line", 1), getattr(e, "column", 1)
     if isinstance(e, UnexpectedCharacters):
-        char = text[e.pos_in_stream] if e.pos_in_stream < len(text) else "?"
+        at = e.pos_in_stream
+        char = text[at] if at is not None and at < len(text) else "?"
         if char == '"':
             return SyntaxProblem("a string is not closed", Pos(path, line, col),
                                  'strings open and close with " on one line: "path/to/file.gn"')
@@ -118,6 +122,21 @@ def _expected(e: UnexpectedInput) -> str:
 def _pos(path: str, meta) -> Pos:
     end = meta.end_column if getattr(meta, "end_line", None) == meta.line else None
     return Pos(path, meta.line, meta.column, end)
+
+
+def _binary(op: str) -> Callable:
+    """The transformer rule of a binary operator."""
+    def rule(self: _ToAst, meta: Any, ch: list) -> A.Binary:
+        return A.Binary(self.p(meta), op, ch[0], ch[-1])
+    return rule
+
+
+def _with_sharing(kind: str) -> Callable:
+    """The transformer rule of a call with a sharing prefix (shared, task, bank(K))."""
+    def rule(self: _ToAst, meta: Any, ch: list) -> A.Call:
+        call, args = ch[-1], (ch[0] if len(ch) > 1 else ())
+        return A.Call(call.pos, call.callee, call.args, A.Sharing(self.p(meta), kind, args))
+    return rule
 
 
 @v_args(meta=True)
@@ -228,11 +247,6 @@ class _ToAst(Transformer):
     def not_(self, meta, ch):
         return A.Unary(self.p(meta), "not", ch[0])
 
-    def _binary(op):
-        def method(self, meta, ch):
-            return A.Binary(self.p(meta), op, ch[0], ch[-1])
-        return method
-
     add, sub, mul, div = _binary("+"), _binary("-"), _binary("*"), _binary("/")
     and_, or_ = _binary("and"), _binary("or")
 
@@ -255,11 +269,5 @@ class _ToAst(Transformer):
     def call(self, meta, ch):
         args = ch[1] if len(ch) > 1 else ()
         return A.Call(self.p(meta), ch[0], args)
-
-    def _with_sharing(kind):
-        def method(self, meta, ch):
-            call, args = ch[-1], (ch[0] if len(ch) > 1 else ())
-            return A.Call(call.pos, call.callee, call.args, A.Sharing(self.p(meta), kind, args))
-        return method
 
     shared_call, task_call, bank_call = _with_sharing("shared"), _with_sharing("task"), _with_sharing("bank")

@@ -70,18 +70,20 @@ class Spec:
         self.sources: dict[str, str] = {}
         self.errors: list[SpecError] = []
         self.warnings: list[SpecError] = []
-        self.root = self._load_file(path, [])
+        root = self._load_file(path, [])
         self.decls: dict[str, tuple[A.Param, str]] = {}
         self.values: dict[str, Any] = {}
         self.free: list[str] = []
         self.train = TrainConfig()
         self._graphs: dict[tuple, nx.DiGraph] = {}
         self.errors.extend(_check_sizes(sizes))
-        if self.root is not None and not self.errors:
-            self._resolve_params()
-            if not self.errors:
-                self._elaborate(sizes, keep_warnings=True)
-            self._train_config(self._graphs.get(_key(sizes)))
+        if root is None or self.errors:   # a file that cannot be read or parsed has reported why
+            raise SpecErrors(_unique(self.errors), self.sources)
+        self.root: FileScope = root
+        self._resolve_params()
+        if not self.errors:
+            self._elaborate(sizes, keep_warnings=True)
+        self._train_config(self._graphs.get(_key(sizes)))
         if self.errors:
             raise SpecErrors(_unique(self.errors), self.sources)
 
@@ -227,7 +229,7 @@ class Spec:
 
     # ----------------------------------------------------------------------------- graph
     def _elaborate(self, env: Env, keep_warnings: bool = False) -> nx.DiGraph:
-        choices = {n: self._choices(p) for n, (p, _) in self.decls.items() if p.choices}
+        choices = {n: c for n, (p, _) in self.decls.items() if (c := self._choices(p)) is not None}
         elab = Elaborator(self.root, self.values, choices, env)
         g = elab.run()
         if keep_warnings:
@@ -262,7 +264,8 @@ class Spec:
     # ----------------------------------------------------------------------------- train section
     def _train_config(self, g: nx.DiGraph | None) -> None:
         """Validate the train section; the checks that need the graph run when it was built."""
-        raw, where = {}, {}
+        raw: dict[str, Any] = {}
+        where: dict[str, Pos] = {}
         for item in self.root.spec.train:
             value = self._train_value(item.value)
             if item.name in raw:

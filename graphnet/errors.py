@@ -80,7 +80,7 @@ class SpecError(GraphnetError):
         where = f"{self.pos}: " if self.pos else ""
         lines = [f"{where}{self.kind}: {self.message}"]
         text = _source_line(self.pos, sources)
-        if text is not None:
+        if text is not None and self.pos is not None:
             width = max(1, (self.pos.end_col or self.pos.col + 1) - self.pos.col)
             lines += [f"    {text}", "    " + " " * (self.pos.col - 1) + "^" * width]
         if self.hint:

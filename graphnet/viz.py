@@ -123,7 +123,7 @@ def _sharing(box: Box, mods: dict[str, Module]) -> str | None:
 def _copies(sharing: str | None, sizes: Sizes, bank: dict | None) -> str | None:
     if sharing == "task":
         return f"x {sizes.tasks} tasks"
-    if sharing == "bank":
+    if sharing == "bank" and bank:
         return f"bank {bank['K']}"
     return None
 
@@ -160,7 +160,7 @@ def _label(box: Box, sharing: str | None, sizes: Sizes, bank: dict | None) -> st
 def _name(n: OpNode) -> str:
     """The name a node was assigned to; a block's `out` is named after its block (encoder.out)."""
     blocks = [p for p in n.scope[1:] if not _ITERATION.match(p)]
-    return f"{blocks[-1]}.out" if n.label == "out" and blocks else n.label
+    return f"{blocks[-1]}.out" if n.label == "out" and blocks else n.label or ""
 
 
 def _io_label(n: OpNode) -> str:
