@@ -206,5 +206,5 @@ def test_ray_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)          # `import ray` fails as if not installed
     out = tmp_path / "sweep"
     assert main(["sweep", "mtsac", "--seeds", "1", *TINY, "--ray", "auto", "-o", str(out)]) == 2
-    assert "pip install graphnet[ray]" in capsys.readouterr().err
+    assert "pip install graphnet-rl[ray]" in capsys.readouterr().err
     assert not out.exists()
