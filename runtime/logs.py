@@ -39,7 +39,8 @@ class RunLog:
                 writer = csv.writer(f)
                 writer.writerow(self.header)
                 writer.writerows(r for r in rows if int(r[0]) <= resume_step)
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=resume_step)
+        # TensorBoard drops the events at purge_step and after; the checkpoint's own step was logged before it
+        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=None if resume_step is None else resume_step + 1)
 
     def evaluation(self, step: int, success: np.ndarray) -> None:
         with self.path.open("a", newline="") as f:

@@ -45,6 +45,19 @@ class PointMass:
         pass
 
 
+class StepCounter(PointMass):
+    """PointMass counting its vector steps: what a run did, whatever it reports (a resume that started over
+    reports the right final step too)."""
+
+    def __init__(self, seed: int, **kwargs):
+        super().__init__(seed, **kwargs)
+        self.steps = 0
+
+    def step(self, action: np.ndarray):
+        self.steps += 1
+        return super().step(action)
+
+
 @contextmanager
 def time_limit(seconds: int):
     def fail(*_):

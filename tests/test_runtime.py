@@ -8,17 +8,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import graphnet
 from graphnet.cli import main
 from graphnet.runtime.config import RunConfig
+from graphnet.runtime import train as train_module
 from graphnet.runtime.envs import MultiTaskEnv
+from graphnet.runtime.sac import SAC
 from graphnet.runtime.train import bench_train, train
 from graphnet.train_config import TrainConfig
-from helpers import PointMass
+from helpers import PointMass, StepCounter
 
 
 def point_mass_config(out: Path, steps: int, **kw) -> RunConfig:
@@ -32,8 +36,10 @@ def final_success(run_dir: Path) -> float:
     return float((run_dir / "metrics.csv").read_text().splitlines()[-1].split(",")[1])
 
 
-def test_sac_learns_point_mass(tmp_path):
-    run = train(point_mass_config(tmp_path / "run", steps=2400), quiet=True, make_env=PointMass)
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sac_learns_point_mass(tmp_path, seed):
+    """Every seed learns, not one lucky one (seeds 0-5 reach 1.0 by step 1,800)."""
+    run = train(point_mass_config(tmp_path / "run", steps=2400, seed=seed), quiet=True, make_env=PointMass)
     assert final_success(run) >= 0.9
 
 
@@ -43,16 +49,46 @@ def test_untrained_policy_fails_point_mass(tmp_path):
     assert final_success(run) <= 0.3
 
 
+def assert_equal_states(a, b, where: str = "checkpoint") -> None:
+    """Two checkpoint states equal bit for bit: tensors, RNG and environment states, nested dicts and lists."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for key in a:
+            assert_equal_states(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_equal_states(x, y, f"{where}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    else:
+        assert a == b, where
+
+
+def logged_steps(run_dir: Path) -> tuple[list[int], list[int]]:
+    """The steps of the evaluations in metrics.csv, and in TensorBoard as TensorBoard reads them (purges applied)."""
+    csv_steps = [int(row.split(",")[0]) for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return csv_steps, [e.step for e in events.Scalars("eval/success_mean")]
+
+
 def test_resume_equals_uninterrupted_run(tmp_path):
+    """Interrupted at 600 and resumed to 900, a run ends in the state the uninterrupted run ends in, every bit of
+    it, having stepped 300 more, not 900 again: what a resume that started over would also end in."""
     straight = train(point_mass_config(tmp_path / "a", steps=900, save_replay=True), quiet=True, make_env=PointMass)
     first = train(point_mass_config(tmp_path / "b", steps=600, save_replay=True), quiet=True, make_env=PointMass)
+    envs: dict[int, StepCounter] = {}
     cfg = point_mass_config(first, steps=900, save_replay=True)
-    resumed = train(cfg, resume=True, quiet=True, make_env=PointMass)
+    resumed = train(cfg, resume=True, quiet=True, make_env=lambda seed: envs.setdefault(seed, StepCounter(seed)))
+    assert envs[cfg.seed].steps == 300
+    assert logged_steps(straight) == ([900], [900]) and logged_steps(resumed) == ([600, 900], [600, 900])
     a = torch.load(straight / "checkpoints" / "latest.pt", weights_only=False)
     b = torch.load(resumed / "checkpoints" / "latest.pt", weights_only=False)
     assert a["step"] == b["step"] == 900
-    for name, tensor in a["nets"].items():
-        assert torch.equal(tensor, b["nets"][name]), name
+    updates = 900 - cfg.warmup + 1   # one a step, from the last warmup step on
+    assert {int(s["step"]) for opt in a["optimizers"].values() for s in opt["state"].values()} == {updates}
+    assert_equal_states(a, b)
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -150,11 +186,37 @@ def test_plot_draws_runs(tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_bench_train_measures_a_real_run():
-    """`graphnet bench --train`: env and update throughput of a short real Meta-World run, eager on a CPU."""
-    cfg = RunConfig(spec="mtsac", overrides={"H": 32}, env="MT1:reach-v3", out=Path("."), device="cpu", threads=1,
+class Clock:
+    """Stands in for train.py's `time`: a clock that only the calls it wraps advance, each by a set number of
+    seconds, so that every rate bench_train reports is known exactly."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def ticking(self, fn: Callable, seconds: float) -> Callable:
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            self.now += seconds
+            return out
+        return call
+
+
+def test_bench_train_measures_a_real_run(monkeypatch, mt10):
+    """`graphnet bench --train`: env and update throughput of a short real Meta-World run, eager on a CPU. An MT10
+    vector step taking 1 s and an update 10 s, 20 steps of each: 10 env steps/s (one a task), 0.1 updates/s."""
+    clock, env = Clock(), mt10(0)
+    monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(train_module, "MultiTaskEnv", lambda name, seed: env)
+    monkeypatch.setattr(env, "step", clock.ticking(env.step, 1.0))
+    monkeypatch.setattr(SAC, "update", clock.ticking(SAC.update, 10.0))
+    cfg = RunConfig(spec="mtsac", overrides={"H": 32}, env="MT10", out=Path("."), device="cpu", threads=1,
                     train=TrainConfig(batch_per_task=16))
     r = bench_train(cfg, steps=20)
-    assert r["cuda_graph"] is False and r["tasks"] == 1 and r["device"] == "cpu"
-    assert min(r["env_steps_per_s"], r["updates_per_s"], r["steps_per_s"]) > 0
-    assert abs(r["env_share"] + r["update_share"] - 1) < 1e-9
+    assert r["cuda_graph"] is False and r["tasks"] == 10 and r["device"] == "cpu"
+    assert clock.now == 20 * 1.0 + 20 * 10.0
+    expected = {"env_steps_per_s": 10.0, "updates_per_s": 0.1, "steps_per_s": 1 / 11, "env_share": 1 / 11,
+                "update_share": 10 / 11}
+    assert {key: r[key] for key in expected} == pytest.approx(expected)
