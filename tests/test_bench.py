@@ -2,6 +2,8 @@
 (Its timings are the benchmark's output, not something a test can assert.)"""
 from __future__ import annotations
 
+from importlib import import_module
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from graphnet.cli import main
 from graphnet.compiler.bench import bench, dense_mlp, flops, macs_per_sample, matmul_ms, op_times
 
 OBS, ACT, T, PER_TASK = 6, 2, 3, 4
+bench_module, build_module = import_module("graphnet.compiler.bench"), import_module("graphnet.compiler.build")
 
 
 def work(name: str, **overrides) -> tuple[float, float]:
@@ -77,12 +80,22 @@ def test_flops_count_in_place_products():
     assert flops(lambda: into.baddbmm_(a, b)) == flops(lambda: torch.bmm(a, b)) == 2 * 2 * 3 * 4 * 5
 
 
-def test_bench_compiles_both_sides_alike():
-    """`--compile`: the trunks and the dense MLPs both through torch.compile; same work counted as eager."""
+def test_bench_compiles_both_sides_alike(monkeypatch):
+    """`--compile`: the trunks and the dense MLPs alike through torch.compile, in the mode asked for."""
+    compiled_modules: list[tuple[str, str]] = []
+
+    def recording(module, mode):
+        compiled_modules.append((type(module).__name__, mode))
+        return torch.compile(module, mode=None if mode is True else mode)
+    monkeypatch.setattr(build_module, "compile_module", recording)
+    monkeypatch.setattr(bench_module, "compile_module", recording)
     spec = graphnet.load("mtsac", graphnet.Sizes(obs=OBS, act=ACT, tasks=T), H=16)
-    eager, compiled = (bench(spec, OBS, ACT, T, PER_TASK, reps=1, compile=c) for c in (False, True))
-    assert compiled["flops"] == eager["flops"] and compiled["dense_width"] == eager["dense_width"]
-    assert min(compiled["compiled_ms"], compiled["dense_equiv_ms"]) > 0
+    r = bench(spec, OBS, ACT, T, PER_TASK, reps=1, compile="default")
+    assert {mode for _, mode in compiled_modules} == {"default"}
+    # actor, critic, the critic target's (deep-copied) trunk; the dense actor and critic
+    assert sorted(name for name, _ in compiled_modules) == ["ActorTrunk", "CriticTrunk", "GraphModule", "Sequential",
+                                                            "Sequential"]
+    assert min(r["compiled_ms"], r["dense_equiv_ms"]) > 0
 
 
 def test_op_times_names_every_op_of_a_step_once_per_call():
