@@ -4,10 +4,18 @@ Losses are kept per task so PaCo's loss maskout and PCGrad can act on them. The 
 wasted work: the actor loss reads the critic through detached parameters (no critic weight
 gradients), log-pi is reused for the temperature loss, the target update is one foreach lerp, and
 nothing in it waits for the host (metrics stay tensors until logged).
+
+Non-finite values never reach the weights, for every spec: a task with a NaN or inf in its batch
+(rewards, observations, actions, importance weights) or in one of its losses is left out of that
+update (its samples zeroed, its losses masked with torch.where), and a step whose gradient is still
+non-finite is skipped on the device (fused Adam's found_inf, as torch.amp's GradScaler does). Both
+are counted (`nonfinite_tasks`, `skipped_steps`, and `streak`, the updates in a row with either) for
+the training loop to log and to stop on.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -50,10 +58,29 @@ def _unique(params) -> list:
     return out
 
 
+def _finite_samples(b: Batch) -> tuple[Batch, Tensor]:
+    """The batch with every non-finite sample zeroed, and which samples were finite, ``BoolTensor[B]``.
+    One row sum per tensor finds them (a NaN or inf anywhere in a row, or a sum overflowing, is not finite)."""
+    total = b.obs.sum(1) + b.next_obs.sum(1) + b.act.sum(1) + b.reward + b.done
+    if b.weight is not None:
+        total = total + b.weight
+    ok = torch.isfinite(total)
+
+    def clean(x: Tensor) -> Tensor:
+        return torch.where(ok.view(-1, *([1] * (x.dim() - 1))), x, 0)
+    weight = None if b.weight is None else clean(b.weight)
+    return replace(b, obs=clean(b.obs), next_obs=clean(b.next_obs), act=clean(b.act), reward=clean(b.reward),
+                   done=clean(b.done), weight=weight), ok
+
+
 class SAC:
     def __init__(self, nets: AgentNets, cfg: TrainConfig, act_dim: int):
         self.nets, self.cfg = nets, cfg
         self.num_tasks = nets.log_alpha.shape[0]
+        device = nets.log_alpha.device
+        self.left_out = torch.zeros(self.num_tasks, dtype=torch.long, device=device)   # per task, updates missed
+        self.streak = torch.zeros((), dtype=torch.long, device=device)   # updates in a row with a task or step lost
+        self._one = torch.ones((), device=device)
         self.target_entropy = -float(act_dim)
         self.actor_params = _unique(nets.actor.parameters())     # PaCo's w is in both, trained by both
         self.critic_params = _unique(nets.critic.parameters())
@@ -68,6 +95,7 @@ class SAC:
         target = dict(nets.critic_target.named_parameters())
         own = [n for n in live if live[n] is not target[n]]   # shared tensors have no target copy
         self._live, self._target = [live[n] for n in own], [target[n] for n in own]
+        self._found_inf = {name: torch.zeros((), device=device) for name in self.optimizers()}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
         opts = {"actor": self.actor_opt, "critic": self.critic_opt, "alpha": self.alpha_opt}
@@ -79,6 +107,7 @@ class SAC:
         `actor=False` leaves the actor as it is and trains the value function and temperatures only
         (TaCo's transfer exploration phase); the temperature loss then reads log-pi without gradients."""
         nets, cfg, T = self.nets, self.cfg, self.num_tasks
+        b, ok = _finite_samples(b)
         alpha = nets.log_alpha.exp().detach()
         with torch.no_grad():
             next_act, next_logp = squashed_sample(*nets.actor(b.next_obs, b.task, b.task_major))
@@ -92,36 +121,44 @@ class SAC:
             per_sample = per_sample * b.weight
         critic_task = per_task_mean(per_sample, b.task, T)
 
-        healthy = torch.ones(T, dtype=torch.bool, device=critic_task.device)
-        if cfg.loss_maskout is not None:
-            healthy = maskout(critic_task.detach(), cfg.loss_maskout)
-        self._step(self.critic_opt, self.critic_params, critic_task, healthy)
+        finite = (per_task_mean((~ok).to(critic_task.dtype), b.task, T) == 0) & torch.isfinite(critic_task)
+        healthy = finite if cfg.loss_maskout is None else finite & maskout(critic_task.detach(), cfg.loss_maskout)
+        skipped = self._step("critic", self.critic_params, critic_task, healthy)
 
         if actor:
             action, logp = squashed_sample(*nets.actor(b.obs, b.task, b.task_major))
             detached = {n: p.detach() for n, p in nets.critic.named_parameters()}
             q1p, q2p = functional_call(nets.critic, detached, (b.obs, action, b.task, b.task_major))
             actor_task = per_task_mean(alpha[b.task] * logp - torch.min(q1p, q2p).squeeze(-1), b.task, T)
-            self._step(self.actor_opt, self.actor_params, actor_task, healthy)
+            finite = finite & torch.isfinite(actor_task)
+            skipped = skipped + self._step("actor", self.actor_params, actor_task, healthy & finite)
         else:
             with torch.no_grad():
                 logp = squashed_sample(*nets.actor(b.obs, b.task, b.task_major))[1]
 
-        alpha_loss = -(nets.log_alpha[b.task] * (logp.detach() + self.target_entropy)).mean()
+        per_sample_alpha = -(nets.log_alpha[b.task] * (logp.detach() + self.target_entropy))
+        finite = finite & torch.isfinite(per_task_mean(per_sample_alpha.detach(), b.task, T))
+        counted = finite[b.task]
+        alpha_loss = torch.where(counted, per_sample_alpha, 0).sum() / counted.sum().clamp(min=1)
         self.alpha_opt.zero_grad(set_to_none=True)
         alpha_loss.backward()
-        self.alpha_opt.step()
+        skipped = skipped + self._apply("alpha", [nets.log_alpha])
 
-        metrics = {"critic_loss": critic_task.mean().detach(),
-                   **({"actor_loss": actor_task.mean().detach()} if actor else {}),
+        left_out = ~finite
+        def mean(task_losses: Tensor) -> Tensor:   # over the tasks that counted
+            return torch.where(finite, task_losses.detach(), 0).sum() / finite.sum().clamp(min=1)
+        metrics = {"critic_loss": mean(critic_task), **({"actor_loss": mean(actor_task)} if actor else {}),
                    "alpha": alpha.mean(), "healthy_tasks": healthy.sum()}
         if self.feature_opt is not None:
             feats = nets.feature(cfg.triplet.feature, b.obs, b.task, b.task_major)
             loss = cfg.triplet.weight * triplet_loss(feats, b.task, cfg.triplet.margin)
             self.feature_opt.zero_grad(set_to_none=True)
             loss.backward()
-            self.feature_opt.step()
+            skipped = skipped + self._apply("feature", self.feature_params)
             metrics["triplet_loss"] = loss.detach()
+        self.left_out += left_out
+        self.streak.copy_(torch.where(left_out.any() | (skipped > 0), self.streak + 1, 0))
+        metrics |= {"nonfinite_tasks": left_out.sum(), "skipped_steps": skipped}
         if cfg.w_reset:
             w_reset_(nets.bank_table, healthy)
         with torch.no_grad():
@@ -129,21 +166,39 @@ class SAC:
         metrics["td_error"] = 0.5 * (td1.abs() + td2.abs()).detach()
         return metrics
 
-    def _step(self, opt: torch.optim.Optimizer, params: list, task_losses: Tensor, healthy: Tensor) -> None:
-        """Minimise the mean loss of the healthy tasks; with PCGrad, per-task gradients deconflicted."""
+    def _step(self, name: str, params: list, task_losses: Tensor, included: Tensor) -> Tensor:
+        """Minimise the mean loss of the included tasks; with PCGrad, per-task gradients deconflicted.
+        torch.where, not a product, leaves the others out: 0 * NaN is NaN. Returns whether it was skipped."""
+        opt = self.optimizers()[name]
         opt.zero_grad(set_to_none=True)
-        weights = healthy.to(task_losses.dtype)
+        losses = torch.where(included, task_losses, 0)
+        count = included.sum().clamp(min=1)
         if not self.cfg.pcgrad:
-            ((task_losses * weights).sum() / weights.sum().clamp(min=1)).backward()
+            (losses.sum() / count).backward()
         else:
             grads = []
             for t in range(self.num_tasks):
-                g = torch.autograd.grad(task_losses[t] * weights[t], params, retain_graph=True, allow_unused=True)
+                g = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
                 grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
                                         for x, p in zip(g, params)]))
-            flat = pcgrad(grads) / weights.sum().clamp(min=1)
+            flat = pcgrad(grads) / count
             offset = 0
             for p in params:
                 p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
                 offset += p.numel()
-        opt.step()
+        return self._apply(name, params)
+
+    def _apply(self, name: str, params: list) -> Tensor:
+        """The optimizer's step, skipped where a gradient is NaN or inf: on the device for fused Adam (its
+        found_inf, which also holds back the step count), a host check otherwise. Returns 1 if skipped, else 0."""
+        opt, found_inf = self.optimizers()[name], self._found_inf[name]
+        found_inf.zero_()
+        grads = [p.grad for p in params if p.grad is not None]
+        if grads:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._one)
+        if opt.defaults["fused"]:
+            opt.found_inf = found_inf
+            opt.step()
+        elif not found_inf.item():
+            opt.step()
+        return found_inf

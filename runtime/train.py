@@ -3,7 +3,8 @@
 Everything that can be wrong is checked before the first step: the spec, its fit to the
 environment, the config, the run directory. Checkpoints land at episode ends (every environment's
 random state is saved there), so a resumed run continues exactly; SIGINT/SIGTERM write a
-checkpoint before exiting.
+checkpoint before exiting. A run whose updates keep meeting NaN or inf stops at an episode end,
+before its next checkpoint, so the last one on disk stays the last good one.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import graphnet
 
 from ..compiler import build
 from ..compiler.build import resolve_device
-from ..errors import GraphnetError
+from ..errors import RunError
 from ..ir import nodes
 from . import checkpoint
 from .config import RunConfig
@@ -36,9 +37,7 @@ from .replay import TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
 
-
-class RunError(GraphnetError):
-    pass
+NONFINITE_PATIENCE = 1_000   # updates in a row that lost a task or a step to NaN/inf before a run stops
 
 
 def load_run_config(run_dir: Path) -> RunConfig:
@@ -87,8 +86,8 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     found = checkpoint.read_latest(run_dir) if resume else None
     saved = found.state if found else None
     if saved is not None and str(saved["spec_hash"]).startswith("transfer:"):
-        raise RunError(f"{run_dir} is a transfer run (graphnet transfer): it learns only w and is not resumed "
-                       "with graphnet train")
+        raise RunError(f"{run_dir} is a transfer run (graphnet transfer): its networks are one task's, and its "
+                       "critic keeps a w row of its own; it is not resumed with graphnet train")
     if saved is not None and saved["step"] >= cfg.steps:
         raise RunError(f"{run_dir} is at step {saved['step']:,} already, not short of --steps {cfg.steps:,}: "
                        f"nothing to do (pass --steps above {saved['step']:,} to extend it)")
@@ -181,9 +180,11 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     evaluate_and_log(policy, eval_env, cfg, log, step, metrics, bar)
                 if episode_over:
+                    stop_if_nonfinite(sac, env.names, step, run_dir)
                     obs, env_state, next_checkpoint = end_episode(env, step, next_checkpoint, cfg.checkpoint_every,
                                                                   save)
                 bar.update(1)
+            stop_if_nonfinite(sac, env.names, step, run_dir)
             save(env_state)
         finally:
             bar.close()
@@ -193,6 +194,23 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     if stop:
         print(f"{stop[0]}: checkpoint written at step {step:,}; continue with: graphnet train --resume {run_dir}")
     return run_dir
+
+
+def stop_if_nonfinite(sac: SAC, names: list[str], step: int, run_dir: Path) -> None:
+    """Stop a run whose last NONFINITE_PATIENCE updates each lost a task or a step to NaN/inf (one host read,
+    at episode ends). Nothing non-finite reached the weights, but the run is no longer learning those tasks."""
+    streak = int(sac.streak)
+    if streak < NONFINITE_PATIENCE:
+        return
+    counts = sac.left_out.tolist()
+    worst = sorted((c, n) for c, n in zip(counts, names) if c)[::-1][:5]
+    tasks = ", ".join(f"{n} ({c:,} updates)" for c, n in worst) or "no task; the gradients"
+    latest = run_dir / "checkpoints" / checkpoint.LATEST
+    kept = f"checkpoints/{latest.resolve().name} is kept as the last good one" if latest.exists() else \
+        "no checkpoint was written"
+    raise RunError(f"stopped at step {step:,}: the last {streak:,} updates each met NaN or inf and left it out, in "
+                   f"{tasks}; none reached the weights and {kept}. Check those tasks' rewards and observations "
+                   "(or lower lr where the losses overflow)")
 
 
 def end_episode(env: MultiTaskEnv, step: int, next_checkpoint: int, every: int,

@@ -220,3 +220,36 @@ def test_bench_train_measures_a_real_run(monkeypatch, mt10):
     expected = {"env_steps_per_s": 10.0, "updates_per_s": 0.1, "steps_per_s": 1 / 11, "env_share": 1 / 11,
                 "update_share": 10 / 11}
     assert {key: r[key] for key in expected} == pytest.approx(expected)
+
+
+class NanRewards(PointMass):
+    """From its 150th step on, task 1's (nw's) reward is NaN: a broken environment."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        self.steps = 0
+
+    def step(self, action):
+        obs, reward, terminated, over, success = super().step(action)
+        self.steps += 1
+        if self.steps > 150:
+            reward[1] = float("nan")
+        return obs, reward, terminated, over, success
+
+
+def test_nan_rewards_never_reach_the_weights_and_a_run_where_they_persist_stops(tmp_path, monkeypatch):
+    """Task nw's rewards turn NaN at step 150: it is left out of every update (logged), and once 90 updates in
+    a row have lost it the run stops, at the episode end of step 240, before that checkpoint: step 180's, whose
+    every tensor is finite, stays the latest, and says so."""
+    monkeypatch.setattr(train_module, "NONFINITE_PATIENCE", 90)
+    cfg = point_mass_config(tmp_path / "run", steps=600, warmup=60, checkpoint_every=60, eval_every=30)
+    with pytest.raises(train_module.RunError, match=r"stopped at step 240: the last 9\d updates .* in nw \(") as e:
+        train(cfg, quiet=True, make_env=NanRewards)
+    assert "checkpoints/step_000000180.pt is kept as the last good one" in str(e.value)
+    saved = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
+    assert saved["step"] == 180
+    assert all(torch.isfinite(t).all() for t in saved["nets"].values())
+    events = EventAccumulator(str(tmp_path / "run" / "tb"))
+    events.Reload()
+    left_out = {e.step: e.value for e in events.Scalars("train/nonfinite_tasks")}
+    assert left_out[120] == 0 and left_out[180] == left_out[210] == 1
