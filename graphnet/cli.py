@@ -162,7 +162,7 @@ def cmd_transfer(args) -> int:
     run_dir = transfer(args.run, args.task, steps=args.steps, out=args.out, seed=args.seed,
                        explore_steps=EXPLORE_STEPS if args.explore_steps is None else args.explore_steps,
                        eval_every=args.eval_every, eval_episodes=args.eval_episodes, device=args.device,
-                       start=args.start, quiet=args.quiet)
+                       start=args.start, freeze_phi=args.freeze_phi, quiet=args.quiet)
     print(f"run directory: {run_dir}")
     return 0
 
@@ -402,14 +402,15 @@ def build_parser() -> argparse.ArgumentParser:
     _train_args(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_train)
-    p = sub.add_parser("transfer", help="TaCo transfer: learn a new Meta-World task in a bank(K) run's policy "
-                                        "sub-space (Phi frozen, a new w, a fresh critic)",
+    p = sub.add_parser("transfer", help="TaCo transfer: learn a new Meta-World task from a bank(K) run's policy "
+                                        "parameters (a new w, Phi fine-tuned after exploring, a fresh critic)",
                        description="Transfer a multi-task run of a spec with bank(K) layers (paco, taco, "
-                                   "shared_unique) to one new task (MT1:<task>): the actor keeps the run's Phi and "
-                                   "shared layers, frozen, and learns only the new task's w; the critic starts "
-                                   "fresh. The first --explore-steps act with sub-space policies (w~ = beta W, one "
-                                   "beta per episode: the run's tasks' corners first, then uniform on the simplex) "
-                                   "and train only the critic and temperature; then SAC trains w and the critic.")
+                                   "shared_unique) to one new task (MT1:<task>), as TaCo's Algorithm 2: the actor "
+                                   "starts from the run's Phi and shared layers with a new task's w; the critic "
+                                   "starts fresh. The first --explore-steps act with sub-space policies (w~ = beta "
+                                   "W, one beta per episode: the run's tasks' corners first, then uniform on the "
+                                   "simplex) and train only the critic and temperature; then SAC trains w, Phi, the "
+                                   "shared actor layers and the critic (--freeze-phi: w and the critic only).")
     p.add_argument("run", metavar="RUN_DIR", help="the multi-task run (its config.json, spec and latest checkpoint)")
     p.add_argument("--task", required=True, help="the new Meta-World task, e.g. reach-v3")
     p.add_argument("--steps", type=int, default=200_000, help="environment steps in all (default 200,000)")
@@ -422,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start", choices=("best", "centroid"), default="best",
                    help="where SAC starts w after exploring: the best explored sub-space point (default) or the "
                         "mean of the run's w rows")
+    p.add_argument("--freeze-phi", action="store_true",
+                   help="keep Phi and the shared actor layers fixed; learn only w (TaCo's Table V variant)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: CUDA when present)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_transfer)

@@ -1,12 +1,13 @@
-"""`graphnet transfer`: TaCo's transfer phase, one new task learned inside a multi-task run's policy sub-space.
+"""`graphnet transfer`: TaCo's transfer phase, one new task learned from a multi-task run's policy parameters.
 
 Sun, Zhang, Xu and Tomizuka, "Efficient Multi-Task and Transfer Reinforcement Learning with
-Parameter-Compositional Framework" (TaCo), section IV-B and Algorithm 2, with the policy parameter set
-fixed as in section V-C ("Transferring with Fixed Phi"):
+Parameter-Compositional Framework" (TaCo), section IV-B and Algorithm 2; `freeze_phi` is section V-C's
+"Transferring with Fixed Phi" (Table V):
 
-- the actor is the run's actor: every bank(K) module keeps the run's K copies (Phi), every shared
-  module its parameters; both are frozen. The new task's composition vector w (1 x K) is the only
-  actor parameter learned.
+- the actor starts as the run's actor: every bank(K) module keeps the run's K copies (Phi), every shared
+  module its parameters, and the new task gets a composition vector w (1 x K). While exploring they are
+  fixed; then Phi and the shared layers are released and fine-tuned with w (Algorithm 2), or, with
+  `freeze_phi`, stay fixed for good and w is the only actor parameter learned.
 - the value function is retrained: the twin critics, their targets and the temperature start fresh.
   Where the spec composes the critic from a bank too, the critic gets a composition row of its own,
   so that value learning never moves the policy's w.
@@ -15,7 +16,7 @@ fixed as in section V-C ("Transferring with Fixed Phi"):
   episode: the first T episodes take the simplex's corners beta = e_t (each source task's own policy,
   once), the others beta uniform on the simplex (Dirichlet(1, ..., 1), the paper's beta ~ Delta). Only
   the critic and the temperature learn meanwhile (targets and the temperature loss read the actor's
-  own policy). Then SAC: the actor learns w, the critic keeps learning.
+  own policy). Then SAC: the actor learns w (and Phi), the critic keeps learning.
 - w starts at the centroid of W (the mean row; beta uniform) and, with start="best" (the default),
   moves when exploration ends to the explored point with the highest mean reward per step, so that
   SAC refines the best sub-space policy found rather than the average one (the paper leaves w_new's
@@ -28,12 +29,12 @@ fixed as in section V-C ("Transferring with Fixed Phi"):
 A source task's one-hot id does not exist for a new task. Where the actor reads `onehot(task)` through
 a linear layer, the one-task network has one input row there instead of T; it holds beta's mixture of
 the run's T rows, so a sub-space point is the pair (w = beta W, one-hot input beta), and the corner
-beta = e_t is exactly the run's policy for task t. That row is frozen with Phi at the start point's
-beta (uniform, or the best explored). Layers with one copy per task (`task ...`, `embed(task)`) have
-no copy for a new task, and transfer learns nothing but w: such specs are refused.
+beta = e_t is exactly the run's policy for task t. That row starts at the start point's beta (uniform,
+or the best explored) and learns, or stays, with Phi. Layers with one copy per task (`task ...`,
+`embed(task)`) have no copy for a new task: such specs are refused.
 
 The output is a normal run directory (metrics.csv, tb/, checkpoints/, config.json, spec.gn, spec.json,
-versions.json) plus transfer.json (source, step, what was frozen, w's start) and exploration.csv (one
+versions.json) plus transfer.json (source, step, Phi fine-tuned or frozen, w's start) and exploration.csv (one
 row per exploration episode: its return, w~ and beta). Checkpoints are marked as transfer checkpoints
 (spec_hash "transfer:<hash>"), so `graphnet train --resume` refuses them instead of training Phi; a
 transfer run does not resume. `load_transferred` reads its networks back.
@@ -57,6 +58,7 @@ from ..compiler import AgentNets, build
 from ..compiler.lower import trunk_nodes
 from ..compiler.modules import ParamOp
 from ..compiler.ops import param_shapes
+from ..errors import TransferError
 from ..ir import modules, node, nodes
 from ..train_config import TrainConfig, UniformSampling
 from . import checkpoint
@@ -67,15 +69,11 @@ from .prioritized import TaskSumTrees
 from .replay import TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
-from .train import (RunError, end_episode, evaluate_and_log, load_run_config, one_thread, sample_batch, start_run,
-                    stop_signals, store)
+from .train import (end_episode, evaluate_and_log, load_run_config, one_thread, sample_batch, start_run,
+                    stop_if_nonfinite, stop_signals, store)
 
 EXPLORE_STEPS = 20_000      # TaCo, Table VII: transfer-stage exploration steps n_e
 NO_BANK = "transfer reuses the policy parameter set Phi: the spec needs bank(K) layers"
-
-
-class TransferError(RunError):
-    pass
 
 
 # ------------------------------------------------------------------------------------------ the source run
@@ -267,8 +265,8 @@ def load_transferred(run_dir: Path | str, obs_dim: int = 39, act_dim: int = 4,
 
 def transfer_nets(source: Source, obs_dim: int, act_dim: int,
                   device: torch.device) -> tuple[AgentNets, SubSpace, dict]:
-    """The one-task agent: the run's actor (Phi and shared layers copied, frozen), a new w at the centroid
-    of W, a fresh critic; and the run's policy sub-space for exploring."""
+    """The one-task agent: the run's actor (Phi and shared layers copied, frozen until `release_policy`), a new
+    w at the centroid of W, a fresh critic; and the run's policy sub-space for exploring."""
     spec, state = source.spec, source.saved["nets"]
     g_src = spec.graph_for(obs_dim, act_dim, source.num_tasks)
     g_new = spec.graph_for(obs_dim, act_dim, 1)
@@ -314,12 +312,15 @@ def transfer_nets(source: Source, obs_dim: int, act_dim: int,
 def transfer(run_dir: Path | str, task: str, steps: int = 200_000, explore_steps: int = EXPLORE_STEPS,
              out: Path | str | None = None, seed: int = 0, eval_every: int = 10_000, eval_episodes: int = 10,
              checkpoint_every: int = 50_000, device: str | None = None, quiet: bool = False,
-             make_env: Callable[[int], MultiTaskEnv] | None = None, start: str = "best") -> Path:
+             make_env: Callable[[int], MultiTaskEnv] | None = None, start: str = "best",
+             freeze_phi: bool = False) -> Path:
     """Transfer the run at `run_dir` to Meta-World task `task` (MT1:<task>); returns the new run directory.
 
     `steps` counts environment steps in all, the `explore_steps` of exploration included. `start`: "best"
-    (w starts SAC at the best explored sub-space point) or "centroid" (at the mean of W). `make_env(seed)`
-    replaces the Meta-World environment with a one-task environment of the same interface (tests)."""
+    (w starts SAC at the best explored sub-space point) or "centroid" (at the mean of W). `freeze_phi`:
+    the run's policy parameters stay fixed and only w learns (TaCo's Table V) instead of being fine-tuned
+    with w after exploration (Algorithm 2). `make_env(seed)` replaces the Meta-World environment with a
+    one-task environment of the same interface (tests)."""
     source = Source(Path(run_dir))
     source.check_actor()
     env_name = f"MT1:{task}"
@@ -341,11 +342,22 @@ def transfer(run_dir: Path | str, task: str, steps: int = 200_000, explore_steps
                             "learns w after exploring")
     if out.exists() and any(out.iterdir()):
         raise TransferError(f"{out} already holds files; choose another --out")
-    return _run(source, cfg, quiet, make_env or (lambda s: MultiTaskEnv(env_name, s)), start)
+    return _run(source, cfg, quiet, make_env or (lambda s: MultiTaskEnv(env_name, s)), start, freeze_phi)
+
+
+def release_policy(sac: SAC, nets: AgentNets) -> None:
+    """Algorithm 2 after exploration: every actor parameter initialised from the run (Phi, shared layers, the
+    one-hot input rows) learns with w, in a param group of the actor optimizer of its own. The critic's
+    optimizer was built while they were frozen, so it never holds them, even where the critic reads them."""
+    released = [p for p in nets.actor.parameters() if p is not nets.bank_table]
+    for p in released:
+        p.requires_grad_(True)
+    sac.actor_opt.add_param_group({"params": released})
+    sac.actor_params.extend(released)
 
 
 def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], MultiTaskEnv],
-         start: str) -> Path:
+         start: str, freeze_phi: bool) -> Path:
     env, eval_env = make_env(cfg.seed), make_env(cfg.seed + 1_000_003)
     try:
         if env.num_tasks != 1:
@@ -358,7 +370,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
         raise
     spec, run_dir, tcfg = source.spec, cfg.out, cfg.train
     sac = SAC(nets, tcfg, env.act_dim)
-    if len(sac.actor_params) != 1 or sac.actor_params[0] is not nets.bank_table:   # Phi, shared layers: frozen
+    if len(sac.actor_params) != 1 or sac.actor_params[0] is not nets.bank_table:   # until exploration ends
         raise TransferError("internal: the actor optimizer would train more than w")
     replay = TaskReplay(1, min(cfg.buffer_size, cfg.steps), env.obs_dim, env.act_dim, device)
     taper = tcfg.replay if tcfg.replay.kind == "taper" else None
@@ -375,15 +387,18 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
             "source_tasks": source.task_names, "task": env.names[0], "explore_steps": cfg.warmup,
             "explore_w": "w~ = beta W, one beta per episode: the T corners e_t first, then beta ~ Dirichlet(1, "
                          "..., 1) over the source tasks (the one-hot input, where the actor reads one, is beta too)",
-            "start": start,
-            "frozen": "actor: Phi (bank copies) and shared layers; learned: w (1 x K); critic, target and "
-                      "temperature: fresh", "task_input": "beta_start's mixture of the source tasks' one-hot rows",
+            "start": start, "phi": "frozen" if freeze_phi else "fine-tuned",
+            "actor": "w (1 x K) learned; Phi (bank copies), shared layers and one-hot input rows: the run's, "
+                     + ("frozen" if freeze_phi else "frozen while exploring, then fine-tuned with w"),
+            "critic": "fresh: critic, target and temperature",
+            "task_input": "starts as beta_start's mixture of the source tasks' one-hot rows",
             "source_w": source.table.tolist(), **info}
     write_json(run_dir / "transfer.json", meta)
     if not quiet:
         print(f"transfer {source.dir} (step {source.step:,}, {source.num_tasks} tasks) -> {env.names[0]}: "
-              f"Phi {info['phi_params']:,} and shared {info['shared_params']:,} actor parameters frozen, w (1 x "
-              f"{info['K']}) learned, critic fresh; {cfg.warmup:,} steps of random sub-space exploration first")
+              f"Phi {info['phi_params']:,} and shared {info['shared_params']:,} actor parameters "
+              f"{'frozen' if freeze_phi else 'fine-tuned after exploration'}, w (1 x {info['K']}) learned, "
+              f"critic fresh; {cfg.warmup:,} steps of random sub-space exploration first")
     log = RunLog(run_dir, env.names)
     explore_file = (run_dir / "exploration.csv").open("w", newline="")
     explore_log = csv.writer(explore_file)
@@ -419,9 +434,11 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
         try:
             while step < cfg.steps and not stop:
                 exploring = step < cfg.warmup
-                if step == cfg.warmup:                 # exploration over: SAC on w starts here
+                if step == cfg.warmup:                 # exploration over: SAC on w (and Phi) starts here
                     beta_start = best[1] if start == "best" and best[1] is not None else space.centroid
                     space.move_to(beta_start)
+                    if not freeze_phi:
+                        release_policy(sac, nets)
                     meta["w_start"], meta["beta_start"] = nets.bank_table[0].tolist(), beta_start.tolist()
                     write_json(run_dir / "transfer.json", meta)
                 action = policy(obs, deterministic=False, point=point if exploring else None)
@@ -445,6 +462,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                     evaluate_and_log(policy, eval_env, cfg, log, step, metrics, bar,
                                      {"w_norm": float(nets.bank_table.detach().norm())})
                 if episode_over:
+                    stop_if_nonfinite(sac, env.names, step, run_dir)
                     obs, env_state, next_checkpoint = end_episode(env, step, next_checkpoint, cfg.checkpoint_every,
                                                                   save)
                     episode, episode_start, episode_return = episode + 1, step, 0.0
