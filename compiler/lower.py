@@ -83,7 +83,7 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
         else:   # FiLM or affine of a task-only z reads z's rows itself (TASK_CONDITIONED)
             args, this_layout = [at_samples(i) for i in n.inputs[:1 if of_task else None]], layout
 
-        def emit(kind: str, target, arguments: tuple, kwargs: dict | None = None) -> fx.Node:
+        def emit(kind: str, target, arguments: tuple, kwargs: dict | None = None, name: str = name) -> fx.Node:
             return graph.create_node(kind, target, arguments, kwargs or {}, name=name)
 
         if n.op == "input":

@@ -1,8 +1,8 @@
 """The op library in torch, each op written once for an ensemble of parameter sets.
 
 Every parametric op is a function `f(p, *xs)` where each parameter in `p` has a leading ensemble
-dimension E and each input is `[E, B, features]` with the same E (the caller broadcasts). One form serves every sharing mode:
-twin critics are E = 2; a task-major batch folds the T tasks into the ensemble (`[E*T, B/T, ...]`,
+dimension E and each input is `[E, B, features]` with the same E (the caller broadcasts). One form serves
+every sharing mode: twin critics are E = 2; a task-major batch folds the T tasks into the ensemble (`[E*T, B/T, ...]`,
 so a per-task linear is one batched matmul); bank(K) either composes per-task parameters first or
 folds the K copies into the ensemble and mixes their outputs.
 
@@ -12,7 +12,7 @@ parameters without torch, and the tests hold the two equal.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

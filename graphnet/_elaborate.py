@@ -72,7 +72,7 @@ class FileScope:
     """What one spec file makes visible: its blocks and its imports (alias -> FileScope)."""
 
     spec: A.SpecFile
-    imports: dict[str, "FileScope"] = field(default_factory=dict)
+    imports: dict[str, FileScope] = field(default_factory=dict)
 
 
 @dataclass

@@ -14,12 +14,11 @@ from pydantic import ValidationError
 
 from . import _ast as A
 from ._elaborate import ENV_SYMBOLS, INPUTS, Elaborator, Env, FileScope, arithmetic
-
-Sizes = Env  # the environment sizes a spec is checked and counted at
 from ._parser import parse
 from .errors import CycleError, ParamError, Pos, SpecError, SpecErrors, TrainConfigError, UnknownName, did_you_mean
 from .train_config import GroupSampling, TrainConfig, option_fields
 
+Sizes = Env  # the environment sizes a spec is checked and counted at
 MT10 = Env(obs=39, act=4, tasks=10)
 
 

@@ -15,7 +15,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
+from collections.abc import Callable, Sequence
 
 from . import _ast as A
 from ._spec import MT10, Sizes, Spec, find_spec, load, settings, spec_value

@@ -6,7 +6,7 @@ implements the same ops in torch and is tested against these counts.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import OpArgError
 

@@ -1,7 +1,7 @@
 """The spec's train section: method-specific training options, validated here, consumed by the runtime."""
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationInfo, field_validator, \
     model_validator
@@ -82,8 +82,8 @@ class TrainConfig(_Strict):
     loss_maskout: PositiveFloat | None = None   # PaCo: drop a task whose loss exceeds this
     w_reset: bool = False                        # PaCo: re-draw that task's w from the healthy ones
     pcgrad: bool = False                         # D-Grad (O) / PCGrad on actor and critic
-    replay: Annotated[Union[UniformReplay, TAPER], Field(discriminator="kind")] = UniformReplay()
-    sampling: Annotated[Union[UniformSampling, GroupSampling, TacoSampling],
+    replay: Annotated[UniformReplay | TAPER, Field(discriminator="kind")] = UniformReplay()
+    sampling: Annotated[UniformSampling | GroupSampling | TacoSampling,
                         Field(discriminator="kind")] = UniformSampling()
     triplet: Triplet | None = None
     lr: PositiveFloat = 3e-4

@@ -1,7 +1,7 @@
 """Success rate per task with the deterministic policy; success = success at any step of an episode."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -13,7 +13,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -301,7 +301,7 @@ def bench_train(cfg: RunConfig, steps: int = 200) -> dict:
     replay = TaskReplay(env.num_tasks, steps + 1, env.obs_dim, env.act_dim, device)
     tasks = torch.arange(env.num_tasks, device=device)
     obs, t_env, t_update = env.reset(seed=cfg.seed), 0.0, 0.0
-    for i in range(steps):
+    for _ in range(steps):
         with torch.no_grad(), one_thread(device):
             action = squashed_sample(*nets.actor(torch.as_tensor(obs, device=device), tasks, True))[0].cpu().numpy()
         start = time.perf_counter()

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

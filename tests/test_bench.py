@@ -53,7 +53,10 @@ def test_film_work_is_the_specs_not_the_compilers():
     """FiLM's gamma and beta read onehot(task): the compiled networks compute them once per task, but
     the spec's per-sample function has them for every sample, and that is the work counted."""
     H, N, Z = 16, 2, T
-    trunk = lambda I, OUT: I * H + (N - 1) * H * H + N * 2 * Z * H + H * OUT
+
+    def trunk(I: int, OUT: int) -> int:
+        return I * H + (N - 1) * H * H + N * 2 * Z * H + H * OUT
+
     assert work("film", H=H, N=N) == (trunk(OBS, 2 * ACT), trunk(OBS + ACT, 1))
 
 

@@ -192,7 +192,7 @@ def assert_matches_reference(nets: AgentNets, task: torch.Tensor, device: str = 
     weights = [torch.randn_like(o) for o in outputs]
     for ours, theirs, (key, _) in zip(gradients(nets, outputs, weights), gradients(nets, expected, weights),
                                       nets.named_parameters()):
-        torch.testing.assert_close(ours, theirs, **TIGHT, msg=lambda m: f"{key}: {m}")
+        torch.testing.assert_close(ours, theirs, **TIGHT, msg=lambda m, key=key: f"{key}: {m}")
 
 
 @pytest.mark.parametrize("batch_name", BATCHES)
@@ -353,7 +353,8 @@ def test_graph_modules_are_readable(name, overrides):
         gm = trunk.graph_module
         assert isinstance(gm, torch.fx.GraphModule)
         assigned = set(re.findall(r"^\s*(\w+?)(?:_\d+)? = ", gm.code, re.MULTILINE))
-        labels = {n.label for n in trunk_nodes(nets.graph, nets.graph.graph["outputs"][role]) if n.label and n.op not in ("input", "output")}
+        labels = {n.label for n in trunk_nodes(nets.graph, nets.graph.graph["outputs"][role])
+                  if n.label and n.op not in ("input", "output")}
         assert LABELS[name] | labels <= assigned, gm.code
         assert not [a for a in TRACING_ARTEFACTS if a in gm.code], gm.code
 
@@ -427,7 +428,8 @@ def test_shared_input_linears_backward_is_the_derivative():
     from graphnet.compiler.modules import _SharedInput
     torch.manual_seed(0)
     f64 = dict(dtype=torch.float64, requires_grad=True)
-    x, wa, ba, wb = torch.randn(2, 5, 7, **f64), torch.randn(2, 7, 9, **f64), torch.randn(2, 9, **f64), torch.randn(2, 7, 3, **f64)
+    x, wa, ba = torch.randn(2, 5, 7, **f64), torch.randn(2, 7, 9, **f64), torch.randn(2, 9, **f64)
+    wb = torch.randn(2, 7, 3, **f64)
     assert torch.autograd.gradcheck(_SharedInput.apply, (x, wa, ba, wb, None))
     assert torch.autograd.gradcheck(_SharedInput.apply, (x, wb, None, wa, ba))
 

@@ -437,7 +437,7 @@ def test_w_reset_without_a_bank_is_reported_beside_an_unknown_option(tmp_path):
 def test_a_device_this_process_cannot_use_is_one_line_before_anything_starts(tmp_path, capsys, argv, device):
     assert main([*argv, "--device", device, *(["--out", str(tmp_path / "run")] if argv[0] == "train" else [])]) == 2
     out, err = capsys.readouterr()
-    assert err.startswith(f"error: ") and f"device '{device}'" in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: ") and f"device '{device}'" in err and len(err.strip().splitlines()) == 1
     assert out == "" and not (tmp_path / "run").exists()
 
 

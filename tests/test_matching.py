@@ -216,7 +216,8 @@ def test_ablate_errors(tiny, tmp_path, capsys):
 
 
 BOOLEAN = "param H = 8, skip = false\nblock mlp(x) -> OUT {\n  h = relu(linear(x -> H))\n  if skip { h = h + x }\n" \
-          "  out = linear(h -> OUT)\n}\nagent {\n  actor = mlp(linear(obs -> H))\n  critic = mlp(linear(concat(obs, act) -> H))\n}\n"
+          "  out = linear(h -> OUT)\n}\nagent {\n  actor = mlp(linear(obs -> H))\n" \
+          "  critic = mlp(linear(concat(obs, act) -> H))\n}\n"
 
 
 def test_boolean_params_read_as_written_in_ablation_tables(tmp_path, capsys):
