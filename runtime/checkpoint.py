@@ -61,7 +61,7 @@ def read_latest(run_dir: Path) -> Found | None:
     if latest.exists():
         newest = latest.resolve()
         candidates = [newest] + [c for c in candidates if c.name < newest.name]
-    skipped = []
+    skipped: list[str] = []
     for path in candidates:
         try:
             return Found(path, torch.load(path, map_location="cpu", weights_only=False), skipped)

@@ -7,9 +7,12 @@ state, so a resumed run replays exactly the episodes the uninterrupted run would
 from __future__ import annotations
 
 import warnings
+from typing import Any, cast
 
 import gymnasium as gym
 import numpy as np
+from gymnasium.spaces.utils import flatdim
+from gymnasium.vector import SyncVectorEnv
 
 from ..errors import EnvError
 
@@ -36,16 +39,14 @@ class MultiTaskEnv:
         self.names = task_names(env)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if env.startswith("MT1:"):
-                self.vec = gym.make_vec("Meta-World/MT1", env_name=self.names[0], seed=seed,
-                                        vector_strategy="sync", autoreset_mode=gym.vector.AutoresetMode.DISABLED)
-            else:
-                self.vec = gym.make_vec(f"Meta-World/{env}", seed=seed, vector_strategy="sync",
-                                        autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+            one: dict[str, Any] = {"env_name": self.names[0]} if env.startswith("MT1:") else {}
+            vec = gym.make_vec(f"Meta-World/{'MT1' if one else env}", seed=seed, vector_strategy="sync",
+                               autoreset_mode=gym.vector.AutoresetMode.DISABLED, **one)
+        self.vec = cast(SyncVectorEnv, vec)   # what vector_strategy="sync" makes
         self.num_tasks = len(self.names)
         self.episode_steps = EPISODE_STEPS
-        self.obs_dim = int(self.vec.single_observation_space.shape[0])
-        self.act_dim = int(self.vec.single_action_space.shape[0])
+        self.obs_dim = flatdim(self.vec.single_observation_space)
+        self.act_dim = flatdim(self.vec.single_action_space)
         self.seed = seed
 
     def reset(self, seed: int | None = None) -> np.ndarray:

@@ -94,11 +94,13 @@ class SAC:
         live = dict(nets.critic.named_parameters())
         target = dict(nets.critic_target.named_parameters())
         own = [n for n in live if live[n] is not target[n]]   # shared tensors have no target copy
-        self._live, self._target = [live[n] for n in own], [target[n] for n in own]
+        self._live: list[Tensor] = [live[n] for n in own]
+        self._target: list[Tensor] = [target[n] for n in own]
         self._found_inf = {name: torch.zeros((), device=device) for name in self.optimizers()}
 
     def optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        opts = {"actor": self.actor_opt, "critic": self.critic_opt, "alpha": self.alpha_opt}
+        opts: dict[str, torch.optim.Optimizer] = {"actor": self.actor_opt, "critic": self.critic_opt,
+                                                  "alpha": self.alpha_opt}
         return opts | ({"feature": self.feature_opt} if self.feature_opt else {})
 
     def update(self, b: Batch, actor: bool = True) -> dict[str, Tensor]:
@@ -149,7 +151,7 @@ class SAC:
             return torch.where(finite, task_losses.detach(), 0).sum() / finite.sum().clamp(min=1)
         metrics = {"critic_loss": mean(critic_task), **({"actor_loss": mean(actor_task)} if actor else {}),
                    "alpha": alpha.mean(), "healthy_tasks": healthy.sum()}
-        if self.feature_opt is not None:
+        if cfg.triplet is not None and self.feature_opt is not None:
             feats = nets.feature(cfg.triplet.feature, b.obs, b.task, b.task_major)
             loss = cfg.triplet.weight * triplet_loss(feats, b.task, cfg.triplet.margin)
             self.feature_opt.zero_grad(set_to_none=True)
@@ -159,7 +161,7 @@ class SAC:
         self.left_out += left_out
         self.streak.copy_(torch.where(left_out.any() | (skipped > 0), self.streak + 1, 0))
         metrics |= {"nonfinite_tasks": left_out.sum(), "skipped_steps": skipped}
-        if cfg.w_reset:
+        if cfg.w_reset and nets.bank_table is not None:   # the spec check refuses w_reset without a bank
             w_reset_(nets.bank_table, healthy)
         with torch.no_grad():
             torch._foreach_lerp_(self._target, self._live, cfg.tau)
@@ -197,7 +199,7 @@ class SAC:
         if grads:
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, self._one)
         if opt.defaults["fused"]:
-            opt.found_inf = found_inf
+            opt.found_inf = found_inf   # type: ignore[attr-defined]  # read by fused Adam's step, as GradScaler sets it
             opt.step()
         elif not found_inf.item():
             opt.step()

@@ -9,13 +9,10 @@ Everything is vectorized over samples and tasks and stays on the device of its i
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from graphnet.train_config import GroupSampling, TacoSampling, UniformSampling
+from ..train_config import GroupSampling, TacoSampling, UniformSampling
 
 __all__ = ["pcgrad", "per_task_mean", "maskout", "w_reset_", "TaskSampler", "triplet_indices",
            "triplet_loss"]
@@ -139,18 +136,16 @@ class TaskSampler:
         self.kind = "uniform" if sampling is None else sampling.kind
         self.sampling = sampling
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.every: int | None = sampling.every if self.kind == "taco" else None
-        if self.kind == "groups":
+        self.every: int | None = sampling.every if isinstance(sampling, TacoSampling) else None
+        if isinstance(sampling, GroupSampling):
             listed = sampling.task_groups()
             flat = [t for g in listed for t in g]
             if max(flat) >= num_tasks:
                 raise ValueError(f"groups name task {max(flat)}, but there are {num_tasks} tasks")
             rest = [t for t in range(num_tasks) if t not in set(flat)]
             self.groups: list[list[int]] = listed + ([rest] if rest else [])
-        elif self.kind in ("uniform", "taco"):
-            self.groups = [[t] for t in range(num_tasks)]
         else:
-            raise ValueError(f"unknown sampling kind {self.kind!r}")
+            self.groups = [[t] for t in range(num_tasks)]
 
     def weights(self) -> Tensor:
         """p_tau = 1 / (|G| |g_i|), ``[T]`` in float64 (sums to 1)."""
@@ -181,7 +176,7 @@ class TaskSampler:
         points (label -1, possible when min_samples > 1) become singleton groups. Groups are listed
         by their first task. Runs on the CPU (scikit-learn); T is small.
         """
-        if self.kind != "taco":
+        if not isinstance(self.sampling, TacoSampling):
             raise ValueError(f"regroup is for sampling = taco(...), not {self.kind}")
         from sklearn.cluster import DBSCAN
 

@@ -193,7 +193,8 @@ def checkpoint_step(run_dir: Path) -> int:
     if not latest.exists():
         return 0
     try:
-        return int(checkpoint.load(run_dir)["step"])
+        saved = checkpoint.load(run_dir)
+        return int(saved["step"]) if saved else 0
     except Exception:  # noqa: BLE001 - unreadable: the run is not finished (resuming it reports the error)
         return 0
 
@@ -322,6 +323,7 @@ def run_local(points: list[Point], out: Path, workers: int, on_done: Callable[[O
             for fut in done | {f for f in pending if f.cancelled()}:
                 pending.discard(fut)
                 p = futures[fut]
+                result: dict[str, Any]
                 if fut.cancelled():
                     result = {"ok": True, "started": False, "step": p.step}
                 else:

@@ -13,7 +13,7 @@ import time
 import warnings
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from ..compiler import build
 from ..compiler.build import resolve_device
 from ..errors import RunError
 from ..ir import nodes
+from ..train_config import TAPER
 from . import checkpoint
 from .config import RunConfig
 from .envs import MultiTaskEnv, task_names
@@ -103,19 +104,20 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     nets = build(spec, env.obs_dim, env.act_dim, T, device=device)
     sac = SAC(nets, cfg.train, env.act_dim)
     replay = TaskReplay(T, cfg.buffer_size, env.obs_dim, env.act_dim, device)
-    taper = cfg.train.replay if cfg.train.replay.kind == "taper" else None
+    taper = cfg.train.replay if isinstance(cfg.train.replay, TAPER) else None
     trees = TaskSumTrees.from_config(taper, T, replay.capacity, device) if taper else None
     sampler = TaskSampler(T, cfg.train.sampling, device)
     tasks = torch.arange(T, device=device)
     step, refill_until, env_state, metrics = 0, 0, None, {}
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    if saved is None:
+    if found is None:
         write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
         write_json(run_dir / "versions.json", versions())
         write_json(run_dir / "spec.json", {"hash": spec.hash, "values": spec.values, "sources": spec.sources})
         (run_dir / "spec.gn").write_text(spec.sources[spec.path])
     else:
+        saved = found.state
         step = saved["step"]
         nets.load_state_dict(saved["nets"])
         for name, opt in sac.optimizers().items():
@@ -172,9 +174,9 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                 if step >= max(cfg.warmup, refill_until):
                     batch = sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task)
                     metrics = update(batch)
-                    if trees is not None:
+                    if trees is not None and taper is not None:
                         trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
-                if sampler.every and step % sampler.every == 0:
+                if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:   # taco needs a bank
                     sampler.regroup(nets.bank_table.detach())
 
                 if step % cfg.eval_every == 0 or step == cfg.steps:
@@ -234,7 +236,7 @@ def start_run(cfg: RunConfig) -> tuple[torch.device, np.random.Generator]:
 
 
 @contextmanager
-def stop_signals():
+def stop_signals() -> Iterator[list[str]]:
     """Collect SIGINT/SIGTERM instead of dying mid-update: the loop stops at the next step and checkpoints."""
     stop: list[str] = []
     handlers = {s: signal.signal(s, lambda sig, _: stop.append(signal.Signals(sig).name))

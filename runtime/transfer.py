@@ -60,7 +60,7 @@ from ..compiler.modules import ParamOp
 from ..compiler.ops import param_shapes
 from ..errors import TransferError
 from ..ir import modules, node, nodes
-from ..train_config import TrainConfig, UniformSampling
+from ..train_config import TAPER, TrainConfig, UniformSampling
 from . import checkpoint
 from .config import RunConfig
 from .envs import MultiTaskEnv, task_names
@@ -91,9 +91,10 @@ class Source:
             self.cfg = load_run_config(run_dir)
         except ValidationError:
             raise TransferError(f"{run_dir}/config.json is not a graphnet run configuration") from None
-        self.saved = checkpoint.load(run_dir)
-        if self.saved is None:
+        saved = checkpoint.load(run_dir)
+        if saved is None:
             raise TransferError(f"{run_dir} has no checkpoint (checkpoints/latest.pt): nothing to transfer yet")
+        self.saved = saved
         state = self.saved.get("nets", {})
         if "log_alpha" not in state or "spec_hash" not in self.saved:
             raise TransferError(f"{run_dir}/checkpoints/latest.pt is not a graphnet training checkpoint")
@@ -234,6 +235,13 @@ class SubSpace:
         return out
 
 
+def new_w(nets: AgentNets) -> nn.Parameter:
+    """The new task's composition row w, [1, K]: every transferred spec has one (`Source.check_actor`)."""
+    if nets.bank_table is None:
+        raise TransferError(NO_BANK)
+    return nets.bank_table
+
+
 def one_task_nets(spec: graphnet.Spec, obs_dim: int, act_dim: int, device: torch.device | str) -> AgentNets:
     """`build` for one task, with the critic's bank modules (if any) on a composition row of their own,
     so that value learning never moves the policy's w. The actor's row is `nets.bank_table`."""
@@ -243,7 +251,7 @@ def one_task_nets(spec: graphnet.Spec, obs_dim: int, act_dim: int, device: torch
                   if isinstance(m, ParamOp) and m.sharing == "bank" and m.table is nets.bank_table
                   and id(m) not in actor_ids]
     if critic_ops:
-        critic_w = nn.Parameter(torch.randn(1, nets.bank_table.shape[1], device=nets.bank_table.device))
+        critic_w = nn.Parameter(torch.randn_like(new_w(nets)))
         for m in critic_ops:
             m.table = critic_w
     return nets
@@ -299,11 +307,11 @@ def transfer_nets(source: Source, obs_dim: int, act_dim: int,
             p.requires_grad_(p is nets.bank_table)
         space = SubSpace(nets, source.table, task_rows)
         w0 = space.w(space.centroid)                                         # the centroid of W
-        nets.bank_table.copy_(w0)
+        new_w(nets).copy_(w0)
     critic_own_w = any(isinstance(m, ParamOp) and m.sharing == "bank" and m.table is not nets.bank_table
                        for m in nets.critic.modules())
     info = {"phi_params": counts["bank"], "shared_params": counts["shared"], "w_init": w0[0].tolist(),
-            "K": int(nets.bank_table.shape[1]), "critic_own_w": critic_own_w,
+            "K": int(new_w(nets).shape[1]), "critic_own_w": critic_own_w,
             "task_input_layers": sorted(task_rows)}
     return nets, space, info
 
@@ -373,7 +381,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
     if len(sac.actor_params) != 1 or sac.actor_params[0] is not nets.bank_table:   # until exploration ends
         raise TransferError("internal: the actor optimizer would train more than w")
     replay = TaskReplay(1, min(cfg.buffer_size, cfg.steps), env.obs_dim, env.act_dim, device)
-    taper = tcfg.replay if tcfg.replay.kind == "taper" else None
+    taper = tcfg.replay if isinstance(tcfg.replay, TAPER) else None
     trees = TaskSumTrees.from_config(taper, 1, replay.capacity, device) if taper else None
     sampler = TaskSampler(1, tcfg.sampling, device)
     tasks = torch.zeros(1, dtype=torch.long, device=device)
@@ -427,9 +435,10 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
     bar = tqdm(total=cfg.steps, unit="step", disable=quiet, dynamic_ncols=True)
     next_checkpoint = cfg.checkpoint_every
     obs = env.reset(seed=cfg.seed)
-    beta = space.explore(0, rng) if cfg.warmup else None
-    point = space.point(beta) if cfg.warmup else None
-    episode_start, episode_return, best = 0, 0.0, (-float("inf"), None)    # best: (mean reward, beta)
+    beta = space.explore(0, rng)                                          # a corner: no draw from rng
+    point = space.point(beta)
+    best: tuple[float, Tensor | None] = (-float("inf"), None)             # (mean reward, beta)
+    episode_start, episode_return = 0, 0.0
     with stop_signals() as stop:
         try:
             while step < cfg.steps and not stop:
@@ -439,7 +448,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                     space.move_to(beta_start)
                     if not freeze_phi:
                         release_policy(sac, nets)
-                    meta["w_start"], meta["beta_start"] = nets.bank_table[0].tolist(), beta_start.tolist()
+                    meta["w_start"], meta["beta_start"] = new_w(nets)[0].tolist(), beta_start.tolist()
                     write_json(run_dir / "transfer.json", meta)
                 action = policy(obs, deterministic=False, point=point if exploring else None)
                 next_obs, reward, terminated, episode_over, _ = env.step(action)
@@ -450,7 +459,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
 
                 batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
                 metrics = sac.update(batch, actor=not exploring)     # exploring: value function and temperature only
-                if trees is not None:
+                if trees is not None and taper is not None:
                     trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
 
                 if exploring and (episode_over or step == cfg.warmup):
@@ -460,7 +469,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                     explore_file.flush()
                 if step % cfg.eval_every == 0 or step == cfg.steps:
                     evaluate_and_log(policy, eval_env, cfg, log, step, metrics, bar,
-                                     {"w_norm": float(nets.bank_table.detach().norm())})
+                                     {"w_norm": float(new_w(nets).detach().norm())})
                 if episode_over:
                     stop_if_nonfinite(sac, env.names, step, run_dir)
                     obs, env_state, next_checkpoint = end_episode(env, step, next_checkpoint, cfg.checkpoint_every,
