@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -125,7 +126,8 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
     task = torch.arange(tasks, device=device).repeat_interleave(batch_per_task)
     actor_net = dense_mlp(obs_dim, 2 * act_dim, macs_per_sample(eager, "actor", obs, act, tasks)).to(device)
     critic_net = dense_mlp(obs_dim + act_dim, 1, macs_per_sample(eager, "critic", obs, act, tasks) / 2).to(device)
-    actor_fn, critic_fn = actor_net, critic_net
+    actor_fn: nn.Module = actor_net
+    critic_fn: nn.Module = critic_net
     if compile:
         actor_fn, critic_fn = compile_module(actor_net, compile), compile_module(critic_net, compile)
 
@@ -133,7 +135,7 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
         if str(device).startswith("cuda"):
             torch.cuda.synchronize()
 
-    def step(agent: nn.Module) -> None:
+    def step(agent: AgentNets) -> None:
         agent.zero_grad(set_to_none=True)
         q1, q2 = agent.critic.trunk(obs, task, act, True)
         loss = agent.actor.trunk(obs, task, task_major=True).square().mean() + q1.square().mean() + q2.square().mean()
@@ -166,7 +168,7 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
         t_dense.append(median_seconds(dense, reps))
     t_ref = median_seconds(reference, 1) * batch_per_task / reference_per_task
     c, d = sorted(t_compiled)[1], sorted(t_dense)[1]
-    by_op = {}
+    by_op: dict[str, Any] = {}
     if ops:
         by_op = {"ops": {"compiled": op_times(compiled, reps), "dense": op_times(dense, reps)}}
         by_op["compiled_matmul_ms"] = matmul_ms(by_op["ops"]["compiled"])

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import cast
 
 import networkx as nx
 import torch
@@ -114,7 +115,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def compile_module(module: nn.Module, compile: bool | str) -> nn.Module:
     """torch.compile of `module`: `compile` is True (the default mode) or a torch.compile mode."""
-    return torch.compile(module, mode=None if compile is True else compile)
+    return cast(nn.Module, torch.compile(module, mode=compile if isinstance(compile, str) else None))
 
 
 def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | torch.device | None = None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import operator
 import re
+from typing import cast
 
 import networkx as nx
 import torch
@@ -94,6 +95,7 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
             names[n.module] = _unique(attr_name(n.module), root)
             root.add_module(names[n.module], op_modules[n.module])
         if of_task:
+            assert n.module is not None, "FiLM and affine have parameters"
             coefficients = graph.create_node("call_module", names[n.module], (values[n.inputs[1]],),
                                              {"layout": rows, "part": "coefficients"}, name=f"{name}_coefficients")
             values[n.id] = emit("call_function", TASK_CONDITIONED[n.op], (args[0], coefficients, layout))
@@ -138,7 +140,7 @@ def in_place(graph: fx.Graph, root: nn.Module) -> None:
         a, b = add.args
         if a is b or not all(linear_output(x) and "accumulate" not in x.kwargs for x in (a, b)):
             continue
-        if "bias" in root.get_submodule(b.target).params and "bias" not in root.get_submodule(a.target).params:
+        if "bias" in _param_op(b, root).params and "bias" not in _param_op(a, root).params:
             a, b = b, a     # the bias-free product is the one added in place
         with graph.inserting_before(add):   # after a and after b's own inputs; named as the sum was
             fused = graph.create_node("call_module", b.target, b.args, {**b.kwargs, "accumulate": a}, name=add.name)
@@ -207,7 +209,7 @@ def shared_inputs(graph: fx.Graph, root: nn.Module) -> None:
 
     place = {n: i for i, n in enumerate(graph.nodes)}
     for x in list(graph.nodes):
-        readers = sorted((u for u in x.users if plain_shared_linear(u, x)), key=place.get)
+        readers = sorted((u for u in x.users if plain_shared_linear(u, x)), key=place.__getitem__)
         if len(readers) < 2:
             continue
         a, b = readers[:2]
@@ -226,8 +228,13 @@ def _linear(node: fx.Node, root: nn.Module) -> ParamOp | None:
     """The linear a node calls (the whole op, not a part of one), or None: what the rewrites above match."""
     if node.op != "call_module" or "part" in node.kwargs:
         return None
-    module = root.get_submodule(node.target)
+    module = _param_op(node, root)
     return module if module.op == "linear" else None
+
+
+def _param_op(node: fx.Node, root: nn.Module) -> ParamOp:
+    """The ParamOp a call_module node of a lowered trunk calls (every module there is one)."""
+    return cast(ParamOp, root.get_submodule(cast(str, node.target)))
 
 
 def _unique(name: str, root: nn.Module) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from collections.abc import Callable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -59,8 +60,7 @@ class ParamOp(nn.Module):
                  identical: bool = False):
         super().__init__()
         self.op, self.attrs, self.sharing = module.op, dict(module.attrs), module.sharing
-        self.fn = ops.PARAMETRIC.get(module.op)
-        shapes = ops.param_shapes(module.op, module.attrs, module.in_widths)
+        shapes = ops.param_shapes(module.op, module.attrs, module.widths)
         self.params = nn.ParameterDict()
         for name, (shape, init, fan_in) in shapes.items():
             p = torch.empty(ensemble, module.copies, *shape)
@@ -79,10 +79,10 @@ class ParamOp(nn.Module):
         `accumulate` (a linear's residual partner, a fresh tensor read nowhere else; see lower.py): the result
         is added into it, in place where this path allows (shared, or per task on a task-major batch).
         `pad` (a linear's): zero rows and columns appended to its weight (lower.pad_widths)."""
-        fn = self.fn if part is None else ops.PARTS[self.op][part]
         p = self.padded(pad)
         if self.op == "embed":
             return p["table"][:, layout.task]
+        fn = ops.PARAMETRIC[self.op] if part is None else ops.PARTS[self.op][part]
         # a module of one copy (actor's, common) may read an ensemble's inputs, and the reverse: broadcast
         E = max(t.shape[0] for t in (*xs, *p.values()))
         one_matmul = self.sharing == "shared" or (self.sharing == "task" and layout.major)
@@ -122,6 +122,7 @@ class ParamOp(nn.Module):
 
     def _bank(self, fn: Callable, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
         w = self.table
+        assert w is not None, "a bank module is built with its composition table"
         T, K = w.shape
         B = xs[0].shape[1]
         if self.op in ops.LINEAR_IN_PARAMS and B * K < T * K + B:
@@ -172,8 +173,8 @@ class _Compose(torch.autograd.Function):
         R = phi.shape[2] if phi.dim() > 3 else 1
         grad_w = grad_phi = None
         if ctx.needs_input_grad[0]:
-            grad_w = sum(torch.matmul(grad[e].reshape(T, R, -1).transpose(0, 1),
-                                      phi[e].reshape(K, R, -1).permute(1, 2, 0)).sum(0) for e in range(E))
+            grad_w = cast(Tensor, sum(torch.matmul(grad[e].reshape(T, R, -1).transpose(0, 1),
+                                                  phi[e].reshape(K, R, -1).permute(1, 2, 0)).sum(0) for e in range(E)))
         if ctx.needs_input_grad[1]:
             grad_phi = torch.bmm(w_batch.transpose(1, 2), grad.reshape(E, T, -1)).view(phi.shape)
         return grad_w, grad_phi

@@ -24,7 +24,7 @@ Shape = tuple[tuple[int, ...], str, int]
 
 
 def _linear_shapes(fan_in: int, out: int, bias: bool = True, prefix: str = "") -> dict[str, Shape]:
-    shapes = {f"{prefix}weight": ((fan_in, out), "uniform", fan_in)}
+    shapes: dict[str, Shape] = {f"{prefix}weight": ((fan_in, out), "uniform", fan_in)}
     if bias:
         shapes[f"{prefix}bias"] = ((out,), "uniform", fan_in)
     return shapes
@@ -43,9 +43,10 @@ def param_shapes(op: str, attrs: dict, widths: list[int]) -> dict[str, Shape]:
         return {"table": ((attrs["out"],), "normal", 1)}
     if op == "combine":
         n = widths[0]
-        return {"sum": {"alpha": ((), "ones", 1), "beta": ((), "ones", 1)},
+        kinds: dict[str, dict[str, Shape]] = {"sum": {"alpha": ((), "ones", 1), "beta": ((), "ones", 1)},
                 "proj": _linear_shapes(2 * n, n, bias=False),
-                "gate": _linear_shapes(2 * n, n)}.get(attrs["kind"], {})
+                                              "gate": _linear_shapes(2 * n, n)}
+        return kinds.get(attrs["kind"], {})
     if op == "film":
         h, z = widths
         return {**_linear_shapes(z, h, prefix="gamma_"), **_linear_shapes(z, h, prefix="beta_")}

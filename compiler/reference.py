@@ -6,6 +6,9 @@ tested equal to it, outputs and gradients.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -27,7 +30,7 @@ def reference_trunk(nets: AgentNets, role: str, obs: Tensor, task: Tensor, act: 
 
 def _sample(nets: AgentNets, order, e: int, obs: Tensor, t: int, act: Tensor | None) -> Tensor:
     T = nets.graph.graph["env"]["tasks"]
-    v: dict[str, Tensor] = {}
+    v: dict[str, Any] = {}   # tensors; None for what the trunk does not read as a tensor (the task id, act)
     for n in order:
         xs = [v[i] for i in n.inputs]
         if n.op == "input":
@@ -39,17 +42,26 @@ def _sample(nets: AgentNets, order, e: int, obs: Tensor, t: int, act: Tensor | N
         elif n.op == "onehot":
             v[n.id] = torch.eye(T, device=obs.device)[t]
         elif n.op == "meta":
-            v[n.id] = nets.actor.trunk.graph_module.task_metadata[t] if hasattr(
-                nets.actor.trunk.graph_module, "task_metadata") else nets.critic.trunk.graph_module.task_metadata[t]
+            v[n.id] = _task_metadata(nets)[t]
         elif n.op == "concat":
             v[n.id] = torch.cat(xs)
         elif n.op == "scale":
             v[n.id] = xs[0] * n.attrs["factor"]
         else:
-            v[n.id] = {"relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu,
-                       "elu": F.elu, "softmax": lambda x: torch.softmax(x, 0), "detach": Tensor.detach,
-                       "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b}[n.op](*xs)
+            v[n.id] = ELEMENTWISE[n.op](*xs)
     raise AssertionError("trunk without output")
+
+
+ELEMENTWISE: dict[str, Callable[..., Tensor]] = {
+    "relu": torch.relu, "tanh": torch.tanh, "sigmoid": torch.sigmoid, "gelu": F.gelu, "elu": F.elu,
+    "softmax": lambda x: torch.softmax(x, 0), "detach": Tensor.detach,
+    "add": lambda a, b: a + b, "sub": lambda a, b: a - b, "mul": lambda a, b: a * b}
+
+
+def _task_metadata(nets: AgentNets) -> Tensor:
+    """meta(task)'s table, [T, M], held by the trunk that reads it."""
+    actor, critic = nets.actor.trunk.graph_module, nets.critic.trunk.graph_module
+    return cast(Tensor, (actor if hasattr(actor, "task_metadata") else critic).task_metadata)
 
 
 def _params(nets: AgentNets, module: str, e: int, t: int) -> dict[str, Tensor]:
@@ -64,6 +76,7 @@ def _params(nets: AgentNets, module: str, e: int, t: int) -> dict[str, Tensor]:
             out[name] = p[t]
         else:
             w = op.table
+            assert w is not None, "a bank module is built with its composition table"
             out[name] = sum(w[t, k] * p[k] for k in range(p.shape[0]))
     return out
 

@@ -30,6 +30,13 @@ class Module(BaseModel):
     def total(self) -> int:
         return self.copies * self.per_copy
 
+    @property
+    def widths(self) -> list[int]:
+        """Its input widths, for building it: every module of an elaborated graph has been called."""
+        if self.in_widths is None:
+            raise ValueError(f"module {self.id} was never called: it has no input widths")
+        return self.in_widths
+
 
 class OpNode(BaseModel):
     """One op application: its inputs (in port order), output width, and parameters (module)."""

@@ -293,7 +293,7 @@ def transfer_nets(source: Source, obs_dim: int, act_dim: int,
                 key = f"actor.{name}"
                 if key not in state:
                     raise TransferError(f"the run's checkpoint has no {key}: it was not trained from this spec")
-                shape, _, _ = param_shapes(m.op, m.attrs, m.in_widths)[pname]
+                shape, _, _ = param_shapes(m.op, m.attrs, m.widths)[pname]
                 expected = (1, m.copies, *shape)
                 if tuple(state[key].shape) != expected:
                     raise TransferError(f"{key} is {tuple(state[key].shape)} in the run, {expected} for this "
