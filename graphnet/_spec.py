@@ -16,7 +16,7 @@ from . import _ast as A
 from ._elaborate import ENV_SYMBOLS, INPUTS, Elaborator, Env, FileScope, arithmetic
 from ._parser import parse
 from .errors import CycleError, ParamError, Pos, SpecError, SpecErrors, TrainConfigError, UnknownName, did_you_mean
-from .train_config import GroupSampling, TrainConfig, option_fields
+from .train_config import GroupSampling, TacoSampling, TrainConfig, option_fields
 
 Sizes = Env  # the environment sizes a spec is checked and counted at
 MT10 = Env(obs=39, act=4, tasks=10)
@@ -281,6 +281,9 @@ class Spec:
         if t.w_reset and g.graph["bank"] is None:
             self.errors.append(TrainConfigError("w_reset re-draws a task's composition weights w, but no layer of "
                                                 "this agent is bank(K)", where.get("w_reset")))
+        if isinstance(t.sampling, TacoSampling) and g.graph["bank"] is None:
+            self.errors.append(TrainConfigError("sampling = taco(...) groups tasks by their composition weights w, "
+                                                "but no layer of this agent is bank(K)", where.get("sampling")))
         if t.triplet is not None and t.triplet.feature not in g.graph["features"]:
             self.errors.append(TrainConfigError(f"triplet feature '{t.triplet.feature}' is not a feature named in "
                                                 "the agent section", where.get("triplet"),

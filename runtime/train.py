@@ -176,7 +176,8 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                     metrics = update(batch)
                     if trees is not None and taper is not None:
                         trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
-                if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:   # taco needs a bank
+                # taco sampling regroups by w: the spec check refuses it without a bank
+                if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
                     sampler.regroup(nets.bank_table.detach())
 
                 if step % cfg.eval_every == 0 or step == cfg.steps:

@@ -235,6 +235,10 @@ CASES = {
         AGENT + "train {\n  loss_maskout = 10\n  w_reset = true\n}\n",
         TrainConfigError, (7, 3), "w_reset re-draws a task's composition weights w, but no layer of this agent is "
         "bank(K)", None),
+    "taco sampling without a bank": (
+        AGENT + "train {\n  sampling = taco()\n}\n",
+        TrainConfigError, (6, 3), "sampling = taco(...) groups tasks by their composition weights w, but no layer of "
+        "this agent is bank(K)", None),
     "triplet on an unknown feature": (
         AGENT + "train {\n  triplet = triplet(feature = v)\n}\n",
         TrainConfigError, (6, 3), "triplet feature 'v' is not a feature named in the agent section", None),
