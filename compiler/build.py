@@ -34,20 +34,25 @@ class Trunk(nn.Module):
 
 
 class Actor(nn.Module):
-    """obs, task -> (mean, log_std) of a tanh-squashed Gaussian; log_std squashed into [-20, 2]."""
+    """obs, task -> (mean, log_std) of a tanh-squashed Gaussian; log_std squashed into [-20, 2].
+
+    obs `[B, obs]` gives `[B, act]` each; a group of seeds (build's `seeds`) takes `[S, B, obs]`, one batch per
+    seed, and gives `[S, B, act]`."""
 
     def __init__(self, trunk: Trunk):
         super().__init__()
         self.trunk = trunk
 
     def forward(self, obs: Tensor, task: Tensor, task_major: bool | None = None) -> tuple[Tensor, Tensor]:
-        mean, raw = self.trunk(obs, task, task_major=task_major)[0].chunk(2, -1)
+        out = self.trunk(obs, task, task_major=task_major)
+        mean, raw = (out if obs.dim() == 3 else out[0]).chunk(2, -1)
         log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1)
         return mean, log_std
 
 
 class Critic(nn.Module):
-    """obs, act, task -> (q1, q2): both twins in one stacked module (ensemble dimension 2)."""
+    """obs, act, task -> (q1, q2): both twins in one stacked module (ensemble dimension 2; a group of S seeds,
+    2S, seed-major). `[B, ...]` inputs give `[B, 1]` each, `[S, B, ...]` give `[S, B, 1]`."""
 
     def __init__(self, trunk: Trunk):
         super().__init__()
@@ -55,6 +60,9 @@ class Critic(nn.Module):
 
     def forward(self, obs: Tensor, act: Tensor, task: Tensor, task_major: bool | None = None) -> tuple[Tensor, Tensor]:
         q = self.trunk(obs, task, act, task_major)
+        if obs.dim() == 3:
+            q = q.unflatten(0, (-1, 2))
+            return q[:, 0], q[:, 1]
         return q[0], q[1]
 
 
@@ -63,8 +71,9 @@ class AgentNets(nn.Module):
 
     def __init__(self, actor: Actor, critic: Critic, critic_target: Critic, log_alpha: nn.Parameter,
                  bank_table: nn.Parameter | None, graph: nx.DiGraph, op_modules: dict[str, ParamOp],
-                 features: nn.ModuleDict):
+                 features: nn.ModuleDict, seeds: int = 1):
         super().__init__()
+        self.seeds = seeds                  # independent agents in the ensemble dimension (build's `seeds`)
         self.actor, self.critic, self.critic_target = actor, critic, critic_target
         self.log_alpha, self.bank_table = log_alpha, bank_table
         self.graph = graph                  # the IR the networks were built from
@@ -72,8 +81,10 @@ class AgentNets(nn.Module):
         self.features = features            # agent-level named features (e.g. shared-unique's u)
 
     def feature(self, name: str, obs: Tensor, task: Tensor, task_major: bool | None = None) -> Tensor:
-        """A named agent-level feature of a batch, `[B, width]` (what the triplet loss trains)."""
-        return self.features[name](obs, task, task_major=task_major)[0]
+        """A named agent-level feature of a batch, `[B, width]` (`[S, B, width]` for a group's; what the triplet
+        loss trains)."""
+        out = self.features[name](obs, task, task_major=task_major)
+        return out if obs.dim() == 3 else out[0]
 
     def feature_parameters(self, name: str) -> list[nn.Parameter]:
         return list(self.features[name].parameters())
@@ -119,26 +130,32 @@ def compile_module(module: nn.Module, compile: bool | str) -> nn.Module:
 
 
 def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | torch.device | None = None,
-          task_metadata: Tensor | None = None, compile: bool | str = False) -> AgentNets:
+          task_metadata: Tensor | None = None, compile: bool | str = False, seeds: int = 1) -> AgentNets:
     """Compile a spec to the agent's networks on `device` (CUDA when present by default).
 
     `task_metadata` ([T, META]) is required by specs that read `meta(task)`. `compile`: True, or a
     torch.compile mode ("reduce-overhead" also replays CUDA graphs), wraps each trunk in torch.compile.
-    On the CPU, the process keeps freed memory for reuse from then on (see host_memory)."""
+    On the CPU, the process keeps freed memory for reuse from then on (see host_memory).
+
+    `seeds` > 1 builds that many independent agents as one: every parameter gets a leading seed dimension,
+    seed-major (a module's `[E, copies, ...]` becomes `[S * E, ...]`, w `[S, T, K]`, the temperatures
+    `[S, T]`), and the networks take one batch per seed (`[S, B, ...]`; see Actor, Critic)."""
     meta_width = task_metadata.shape[1] if task_metadata is not None else 768
     g = spec.graph_for(obs_dim, act_dim, num_tasks, meta_width)
     if task_metadata is None and any(n.op == "meta" for n in nodes(g)):
         raise GraphnetError(f"{spec.path} reads meta(task): pass task_metadata, a [tasks, width] tensor")
     bank = g.graph["bank"]
     table = None
+    group = (seeds,) if seeds > 1 else ()
     if bank:
-        table = nn.Parameter(torch.eye(num_tasks) if bank["w"] == "onehot" else torch.randn(num_tasks, bank["K"]))
-    op_modules = {mid: ParamOp(m, 2 if m.role == "critic" else 1, table if m.sharing == "bank" else None,
+        table = nn.Parameter(torch.eye(num_tasks).repeat(*group, 1, 1) if bank["w"] == "onehot"
+                             else torch.randn(*group, num_tasks, bank["K"]))
+    op_modules = {mid: ParamOp(m, (2 if m.role == "critic" else 1) * seeds, table if m.sharing == "bank" else None,
                                identical=bool(bank) and bank["init"] == "identical")
                   for mid, m in modules(g).items()}
     meta = task_metadata.to(torch.get_default_dtype()) if task_metadata is not None else None
-    actor = Actor(Trunk(lower(g, "actor", op_modules, meta), num_tasks, reads_act=False))
-    critic = Critic(Trunk(lower(g, "critic", op_modules, meta), num_tasks, reads_act=True))
+    actor = Actor(Trunk(lower(g, "actor", op_modules, meta, seeds=seeds), num_tasks, reads_act=False))
+    critic = Critic(Trunk(lower(g, "critic", op_modules, meta, seeds=seeds), num_tasks, reads_act=True))
     shared = [op_modules[mid] for mid, m in modules(g).items() if m.role == "common"]
     keep = [*shared, *([table] if table is not None else [])] if g.graph["target"] == "shared" else []
     critic_target = copy.deepcopy(critic, memo={id(obj): obj for obj in keep})   # shares, never copies, these
@@ -146,11 +163,12 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     for p in critic_target.parameters():
         if id(p) not in shared_params:
             p.requires_grad_(False)
-    features = nn.ModuleDict({name: Trunk(lower(g, "feature", op_modules, meta, out=nid), num_tasks, False)
+    features = nn.ModuleDict({name: Trunk(lower(g, "feature", op_modules, meta, out=nid, seeds=seeds), num_tasks,
+                                          False)
                               for name, nid in g.graph["features"].items()
                               if "act" not in g or not nx.has_path(g, "act", nid)})
-    log_alpha = nn.Parameter(torch.full((num_tasks,), math.log(spec.train.init_alpha)))
-    nets = AgentNets(actor, critic, critic_target, log_alpha, table, g, op_modules, features)
+    log_alpha = nn.Parameter(torch.full((*group, num_tasks), math.log(spec.train.init_alpha)))
+    nets = AgentNets(actor, critic, critic_target, log_alpha, table, g, op_modules, features, seeds)
     if compile:
         for trunk in (actor.trunk, critic.trunk, critic_target.trunk):
             trunk.graph_module = compile_module(trunk.graph_module, compile)

@@ -29,8 +29,8 @@ def lookup(table: Tensor, layout: TaskLayout) -> Tensor:
 
 
 def features(x: Tensor) -> Tensor:
-    """An input batch `[B, n]` as an ensemble of one, `[1, B, n]`."""
-    return x.unsqueeze(0)
+    """An input batch `[B, n]` as an ensemble of one, `[1, B, n]`; a group of seeds' `[S, B, n]` as it is."""
+    return x if x.dim() == 3 else x.unsqueeze(0)
 
 
 def trunk_nodes(g: nx.DiGraph, out: str) -> list[OpNode]:
@@ -46,8 +46,9 @@ def attr_name(module_id: str) -> str:
 
 
 def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor | None,
-          out: str | None = None) -> fx.GraphModule:
-    """Build the fx graph of `role`'s trunk (or of node `out`): `forward(obs, [act,] layout) -> [E, B, out]`."""
+          out: str | None = None, seeds: int = 1) -> fx.GraphModule:
+    """Build the fx graph of `role`'s trunk (or of node `out`): `forward(obs, [act,] layout) -> [E, B, out]`.
+    `seeds`: the modules hold a group of that many seeds (build's `seeds`)."""
     root = nn.Module()
     graph = fx.Graph()
     names: dict[str, str] = {}
@@ -119,6 +120,8 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
     in_place(graph, root)
     pad_widths(graph, root)
     shared_inputs(graph, root)
+    if seeds > 1:
+        align_seeds(graph)
     graph.lint()
     return fx.GraphModule(root, graph, class_name=f"{role.capitalize()}Trunk")
 
@@ -222,6 +225,14 @@ def shared_inputs(graph: fx.Graph, root: nn.Module) -> None:
         for linear, output in zip((a, b), outputs):
             linear.replace_all_uses_with(output)
             graph.erase_node(linear)
+
+
+def align_seeds(graph: fx.Graph) -> None:
+    """In a group of seeds, a seed's value may meet its twin critics' (`[S, ...]` and `[2S, ...]`), which
+    torch's binary ops cannot broadcast: they become ops.SEED_ALIGNED's. A single agent keeps torch's."""
+    for node in graph.nodes:
+        if node.op == "call_function" and node.target in ops.SEED_ALIGNED:
+            node.target = ops.SEED_ALIGNED[node.target]
 
 
 def _linear(node: fx.Node, root: nn.Module) -> ParamOp | None:

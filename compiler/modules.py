@@ -71,7 +71,7 @@ class ParamOp(nn.Module):
                     else:
                         ops.init_(p[e, c], init, fan_in)
             self.params[name] = nn.Parameter(p)
-        self.table = bank_table  # one tensor shared by every bank module of actor and critic
+        self.table = bank_table  # one tensor shared by every bank module of actor and critic: [T, K], or [S, T, K]
 
     def forward(self, *xs: Tensor, layout: TaskLayout, part: str | None = None,
                 accumulate: Tensor | None = None, pad: tuple[int, int] = (0, 0)) -> Tensor:
@@ -88,7 +88,7 @@ class ParamOp(nn.Module):
         one_matmul = self.sharing == "shared" or (self.sharing == "task" and layout.major)
         if accumulate is not None and not (self.op == "linear" and one_matmul and accumulate.shape[0] == E
                                            and accumulate.is_contiguous()):
-            return accumulate + self(*xs, layout=layout, part=part, pad=pad)
+            return ops.add(accumulate, self(*xs, layout=layout, part=part, pad=pad))
         xs = tuple(ops.to_ensemble(x, E) for x in xs)
         p = {k: ops.to_ensemble(v, E) for k, v in p.items()}
         if self.sharing == "shared":  # squeeze, not [:, 0]: a view whose backward writes no zeros
@@ -123,22 +123,26 @@ class ParamOp(nn.Module):
     def _bank(self, fn: Callable, p: dict[str, Tensor], xs: tuple[Tensor, ...], layout: TaskLayout) -> Tensor:
         w = self.table
         assert w is not None, "a bank module is built with its composition table"
-        T, K = w.shape
+        T, K = w.shape[-2:]
         B = xs[0].shape[1]
         if self.op in ops.LINEAR_IN_PARAMS and B * K < T * K + B:
             E = xs[0].shape[0]
             folded = [x.unsqueeze(1).expand(E, K, *x.shape[1:]).reshape(E * K, *x.shape[1:]) for x in xs]
-            out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs)
-            return torch.einsum("ekbo,bk->ebo", out.view(E, K, *out.shape[1:]), w[layout.task])
+            out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs).view(E, K, B, -1)
+            if w.dim() == 2:
+                return torch.einsum("ekbo,bk->ebo", out, w[layout.task])
+            return torch.einsum("ekbo,ebk->ebo", out, ops.to_ensemble(w, E)[:, layout.task])   # a seed's own w
         # theta_t = sum_k w[t, k] Phi_k for every task, laid out [E, T, ...] for the task path. On CUDA one mm
         # over [K, E * P]: cuBLAS runs bmm's backward for w, [T, P] @ [P, K], without splitting P, and that
         # one kernel took 78 % of PaCo's update on an H100 (measured)
         composed = {}
         for k, v in p.items():
             E = v.shape[0]
-            if v.is_cuda:
+            if v.is_cuda and w.dim() == 2:
                 mixed = (w @ v.reshape(E, K, -1).transpose(0, 1).reshape(K, -1)).view(T, E, -1).transpose(0, 1)
                 composed[k] = mixed.reshape(E, T, *v.shape[2:])
+            elif v.is_cuda:   # seeds: each its own w
+                composed[k] = torch.bmm(ops.to_ensemble(w, E), v.reshape(E, K, -1)).view(E, T, *v.shape[2:])
             else:
                 composed[k] = _Compose.apply(w, v)
         return self._per_task(fn, composed, xs, layout)
@@ -150,7 +154,8 @@ def _unsafe_reshape(x: Tensor, shape: tuple[int, ...]) -> Tensor:
 
 
 class _Compose(torch.autograd.Function):
-    """theta[e, t] = sum_k w[t, k] Phi[e, k] on the CPU: w `[T, K]`, Phi `[E, K, *shape]` -> `[E, T, *shape]`.
+    """theta[e, t] = sum_k w[t, k] Phi[e, k] on the CPU: w `[T, K]` (or `[S, T, K]`, a group of seeds: member e
+    reads its seed's), Phi `[E, K, *shape]` -> `[E, T, *shape]`.
 
     Forward is one bmm per ensemble member (w copied to a real batch: over a stride-0 batch it took 5x
     longer). The gradient for w reduces over all P = prod(shape) entries: as one [T, P] @ [P, K] matmul MKL
@@ -161,9 +166,10 @@ class _Compose(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, w: Tensor, phi: Tensor) -> Tensor:
-        E, K, T = phi.shape[0], phi.shape[1], w.shape[0]
-        w_batch = w.expand(E, T, K).contiguous()
+        E, K, T = phi.shape[0], phi.shape[1], w.shape[-2]
+        w_batch = ops.to_ensemble(w if w.dim() == 3 else w.unsqueeze(0), E).contiguous()
         ctx.save_for_backward(w_batch, phi)
+        ctx.w_shape = w.shape
         return torch.bmm(w_batch, phi.reshape(E, K, -1)).view(E, T, *phi.shape[2:])
 
     @staticmethod
@@ -173,8 +179,11 @@ class _Compose(torch.autograd.Function):
         R = phi.shape[2] if phi.dim() > 3 else 1
         grad_w = grad_phi = None
         if ctx.needs_input_grad[0]:
-            grad_w = cast(Tensor, sum(torch.matmul(grad[e].reshape(T, R, -1).transpose(0, 1),
-                                                  phi[e].reshape(K, R, -1).permute(1, 2, 0)).sum(0) for e in range(E)))
+            per_member = [torch.matmul(grad[e].reshape(T, R, -1).transpose(0, 1),
+                                       phi[e].reshape(K, R, -1).permute(1, 2, 0)).sum(0) for e in range(E)]
+            seeds = ctx.w_shape[0] if len(ctx.w_shape) == 3 else 1
+            grad_w = torch.stack([cast(Tensor, sum(per_member[s * E // seeds:(s + 1) * E // seeds]))
+                                  for s in range(seeds)]).view(ctx.w_shape)
         if ctx.needs_input_grad[1]:
             grad_phi = torch.bmm(w_batch.transpose(1, 2), grad.reshape(E, T, -1)).view(phi.shape)
         return grad_w, grad_phi

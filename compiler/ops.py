@@ -212,15 +212,43 @@ PARAMETRIC: dict[str, Callable] = {"linear": linear, "layernorm": layernorm, "co
 
 
 def to_ensemble(x: Tensor, E: int) -> Tensor:
-    """x `[1 or E, ...]` as `[E, ...]`. Already E: x itself, not an expand view (each one is an autograd node
-    whose backward runs, too: 99 a CARE + PTSL step, nearly all of them no-ops)."""
-    return x if x.shape[0] == E else x.expand(E, *x.shape[1:])
+    """x `[1, n or E, ...]` as `[E, ...]`. Already E: x itself, not an expand view (each one is an autograd node
+    whose backward runs, too: 99 a CARE + PTSL step, nearly all of them no-ops). n members (seeds, see
+    build's `seeds`) broadcast to E = n * m seed-major: member i's value for its m twins."""
+    n = x.shape[0]
+    if n == E:
+        return x
+    if n == 1:
+        return x.expand(E, *x.shape[1:])
+    return x.unsqueeze(1).expand(n, E // n, *x.shape[1:]).flatten(0, 1)
+
+
+def aligned(*xs: Tensor) -> tuple[Tensor, ...]:
+    """The tensors on one ensemble size, the largest (to_ensemble)."""
+    E = max(x.shape[0] for x in xs)
+    return tuple(to_ensemble(x, E) for x in xs)
+
+
+def add(a: Tensor, b: Tensor) -> Tensor:
+    return torch.add(*aligned(a, b))
+
+
+def sub(a: Tensor, b: Tensor) -> Tensor:
+    return torch.sub(*aligned(a, b))
+
+
+def mul(a: Tensor, b: Tensor) -> Tensor:
+    return torch.mul(*aligned(a, b))
+
+
+# a group of seeds' trunks (build's seeds > 1) call these for torch's, whose broadcasting cannot pair a seed's
+# value with its twin critics' ([S, ...] with [2S, ...]); see lower.align_seeds
+SEED_ALIGNED: dict[Callable, Callable] = {torch.add: add, torch.sub: sub, torch.mul: mul}
 
 
 def cat(xs: list[Tensor]) -> Tensor:
     """Concatenate features, broadcasting the ensemble dimension."""
-    E = max(x.shape[0] for x in xs)
-    return torch.cat([to_ensemble(x, E) for x in xs], -1)
+    return torch.cat(aligned(*xs), -1)
 
 
 def scale(x: Tensor, factor: float) -> Tensor:

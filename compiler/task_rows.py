@@ -33,6 +33,8 @@ def to_samples(rows: Tensor, layout: TaskLayout) -> Tensor:
 def film_rows(h: Tensor, coefficients: Tensor, layout: TaskLayout) -> Tensor:
     """FiLM whose z depends on the task alone: gamma_t * h + beta_t from per-task coefficients `[E, T, 2H]`,
     on a task-major batch without a per-sample copy of them (the linears ran on T rows, not B)."""
+    if h.shape[0] != coefficients.shape[0] and 1 not in (h.shape[0], coefficients.shape[0]):
+        h, coefficients = ops.aligned(h, coefficients)   # a seed's value with its twin critics'
     if not layout.major:
         gamma, beta = to_samples(coefficients, layout).chunk(2, -1)
         return gamma * h + beta

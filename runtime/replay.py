@@ -5,7 +5,7 @@ Uniform sampling draws the same number of transitions from every task and return
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -22,6 +22,12 @@ class Batch:
     index: Tensor                 # slot in the task's buffer (for priority updates)
     weight: Tensor | None = None  # importance weights (prioritized replay)
     task_major: bool = True       # equal contiguous chunks per task
+
+    def with_seed_dim(self) -> Batch:
+        """A single agent's batch as a group of one seed's: `[1, B, ...]` (the task ids stay `[B]`)."""
+        return replace(self, obs=self.obs[None], act=self.act[None], reward=self.reward[None],
+                       next_obs=self.next_obs[None], done=self.done[None], index=self.index[None],
+                       weight=None if self.weight is None else self.weight[None])
 
 
 class TaskReplay:

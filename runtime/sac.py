@@ -59,27 +59,33 @@ def _unique(params) -> list:
 
 
 def _finite_samples(b: Batch) -> tuple[Batch, Tensor]:
-    """The batch with every non-finite sample zeroed, and which samples were finite, ``BoolTensor[B]``.
+    """The batch with every non-finite sample zeroed, and which samples were finite, ``BoolTensor[S, B]``.
     One row sum per tensor finds them (a NaN or inf anywhere in a row, or a sum overflowing, is not finite)."""
-    total = b.obs.sum(1) + b.next_obs.sum(1) + b.act.sum(1) + b.reward + b.done
+    total = b.obs.sum(-1) + b.next_obs.sum(-1) + b.act.sum(-1) + b.reward + b.done
     if b.weight is not None:
         total = total + b.weight
     ok = torch.isfinite(total)
 
     def clean(x: Tensor) -> Tensor:
-        return torch.where(ok.view(-1, *([1] * (x.dim() - 1))), x, 0)
+        return torch.where(ok.view(*ok.shape, *([1] * (x.dim() - ok.dim()))), x, 0)
     weight = None if b.weight is None else clean(b.weight)
     return replace(b, obs=clean(b.obs), next_obs=clean(b.next_obs), act=clean(b.act), reward=clean(b.reward),
                    done=clean(b.done), weight=weight), ok
 
 
 class SAC:
+    """SAC for one agent, or for a group of independent seeds built as one (build's `seeds`): every loss is
+    a seed's own, summed, so each seed's parameters get exactly its own gradient, and Adam, elementwise,
+    steps each seed as it would alone. One exception couples them: a step whose gradient is non-finite
+    anywhere is skipped for the whole group (fused Adam's one found_inf)."""
+
     def __init__(self, nets: AgentNets, cfg: TrainConfig, act_dim: int):
         self.nets, self.cfg = nets, cfg
-        self.num_tasks = nets.log_alpha.shape[0]
+        self.seeds, self.num_tasks = nets.seeds, nets.log_alpha.shape[-1]
         device = nets.log_alpha.device
-        self.left_out = torch.zeros(self.num_tasks, dtype=torch.long, device=device)   # per task, updates missed
-        self.streak = torch.zeros((), dtype=torch.long, device=device)   # updates in a row with a task or step lost
+        shape = (self.seeds,) if self.seeds > 1 else ()
+        self.left_out = torch.zeros(*shape, self.num_tasks, dtype=torch.long, device=device)   # updates missed
+        self.streak = torch.zeros(shape, dtype=torch.long, device=device)   # updates in a row with a task or step lost
         self._one = torch.ones((), device=device)
         self.target_entropy = -float(act_dim)
         self.actor_params = _unique(nets.actor.parameters())     # PaCo's w is in both, trained by both
@@ -107,23 +113,33 @@ class SAC:
         """One gradient step of critic, actor, temperatures (and features); returns metric tensors.
 
         `actor=False` leaves the actor as it is and trains the value function and temperatures only
-        (TaCo's transfer exploration phase); the temperature loss then reads log-pi without gradients."""
-        nets, cfg, T = self.nets, self.cfg, self.num_tasks
+        (TaCo's transfer exploration phase); the temperature loss then reads log-pi without gradients.
+
+        A group's batch holds one batch per seed (`[S, B, ...]`, one task layout for all) and its metrics one
+        value per seed; a single agent's batch and metrics are as they always were."""
+        nets, cfg, T, S = self.nets, self.cfg, self.num_tasks, self.seeds
+        single = b.obs.dim() == 2
+        if single:
+            b = b.with_seed_dim()
         b, ok = _finite_samples(b)
-        alpha = nets.log_alpha.exp().detach()
+        log_alpha = nets.log_alpha.view(S, T)
+        alpha = log_alpha.exp().detach()
+
+        def per_task(values: Tensor) -> Tensor:   # [S, B] -> [S, T]
+            return per_task_mean(values.T, b.task, T).T
         with torch.no_grad():
             next_act, next_logp = squashed_sample(*nets.actor(b.next_obs, b.task, b.task_major))
             q1t, q2t = nets.critic_target(b.next_obs, next_act, b.task, b.task_major)
-            soft_v = torch.min(q1t, q2t).squeeze(-1) - alpha[b.task] * next_logp
+            soft_v = torch.min(q1t, q2t).squeeze(-1) - alpha[:, b.task] * next_logp
             target = b.reward + cfg.gamma * (1 - b.done) * soft_v
         q1, q2 = nets.critic(b.obs, b.act, b.task, b.task_major)
         td1, td2 = q1.squeeze(-1) - target, q2.squeeze(-1) - target
         per_sample = td1.square() + td2.square()
         if b.weight is not None:
             per_sample = per_sample * b.weight
-        critic_task = per_task_mean(per_sample, b.task, T)
+        critic_task = per_task(per_sample)
 
-        finite = (per_task_mean((~ok).to(critic_task.dtype), b.task, T) == 0) & torch.isfinite(critic_task)
+        finite = (per_task((~ok).to(critic_task.dtype)) == 0) & torch.isfinite(critic_task)
         healthy = finite if cfg.loss_maskout is None else finite & maskout(critic_task.detach(), cfg.loss_maskout)
         skipped = self._step("critic", self.critic_params, critic_task, healthy)
 
@@ -131,69 +147,76 @@ class SAC:
             action, logp = squashed_sample(*nets.actor(b.obs, b.task, b.task_major))
             detached = {n: p.detach() for n, p in nets.critic.named_parameters()}
             q1p, q2p = functional_call(nets.critic, detached, (b.obs, action, b.task, b.task_major))
-            actor_task = per_task_mean(alpha[b.task] * logp - torch.min(q1p, q2p).squeeze(-1), b.task, T)
+            actor_task = per_task(alpha[:, b.task] * logp - torch.min(q1p, q2p).squeeze(-1))
             finite = finite & torch.isfinite(actor_task)
             skipped = skipped + self._step("actor", self.actor_params, actor_task, healthy & finite)
         else:
             with torch.no_grad():
                 logp = squashed_sample(*nets.actor(b.obs, b.task, b.task_major))[1]
 
-        per_sample_alpha = -(nets.log_alpha[b.task] * (logp.detach() + self.target_entropy))
-        finite = finite & torch.isfinite(per_task_mean(per_sample_alpha.detach(), b.task, T))
-        counted = finite[b.task]
-        alpha_loss = torch.where(counted, per_sample_alpha, 0).sum() / counted.sum().clamp(min=1)
+        per_sample_alpha = -(log_alpha[:, b.task] * (logp.detach() + self.target_entropy))
+        finite = finite & torch.isfinite(per_task(per_sample_alpha.detach()))
+        counted = finite[:, b.task]
+        alpha_loss = torch.where(counted, per_sample_alpha, 0).sum(1) / counted.sum(1).clamp(min=1)
         self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
-        skipped = skipped + self._apply("alpha", [nets.log_alpha])
+        alpha_loss.sum().backward()
+        skipped = skipped + self._apply(self.alpha_opt, "alpha", [nets.log_alpha])
 
         left_out = ~finite
         def mean(task_losses: Tensor) -> Tensor:   # over the tasks that counted
-            return torch.where(finite, task_losses.detach(), 0).sum() / finite.sum().clamp(min=1)
+            return torch.where(finite, task_losses.detach(), 0).sum(1) / finite.sum(1).clamp(min=1)
         metrics = {"critic_loss": mean(critic_task), **({"actor_loss": mean(actor_task)} if actor else {}),
-                   "alpha": alpha.mean(), "healthy_tasks": healthy.sum()}
+                   "alpha": alpha.mean(1), "healthy_tasks": healthy.sum(1)}
         if cfg.triplet is not None and self.feature_opt is not None:
             feats = nets.feature(cfg.triplet.feature, b.obs, b.task, b.task_major)
-            loss = cfg.triplet.weight * triplet_loss(feats, b.task, cfg.triplet.margin)
+            loss = cfg.triplet.weight * torch.stack([triplet_loss(f, b.task, cfg.triplet.margin) for f in feats])
             self.feature_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            skipped = skipped + self._apply("feature", self.feature_params)
+            loss.sum().backward()
+            skipped = skipped + self._apply(self.feature_opt, "feature", self.feature_params)
             metrics["triplet_loss"] = loss.detach()
-        self.left_out += left_out
-        self.streak.copy_(torch.where(left_out.any() | (skipped > 0), self.streak + 1, 0))
-        metrics |= {"nonfinite_tasks": left_out.sum(), "skipped_steps": skipped}
+        self.left_out += left_out.view(self.left_out.shape)
+        lost = (left_out.any(1) | (skipped > 0)).view(self.streak.shape)
+        self.streak.copy_(torch.where(lost, self.streak + 1, 0))
+        metrics |= {"nonfinite_tasks": left_out.sum(1), "skipped_steps": skipped.expand(S)}
         if cfg.w_reset and nets.bank_table is not None:   # the spec check refuses w_reset without a bank
-            w_reset_(nets.bank_table, healthy)
+            for table, ok_tasks in zip(nets.bank_table.view(S, T, -1), healthy):
+                w_reset_(table, ok_tasks)
         with torch.no_grad():
             torch._foreach_lerp_(self._target, self._live, cfg.tau)
         metrics["td_error"] = 0.5 * (td1.abs() + td2.abs()).detach()
-        return metrics
+        return {k: v[0] for k, v in metrics.items()} if single else metrics
 
     def _step(self, name: str, params: list, task_losses: Tensor, included: Tensor) -> Tensor:
-        """Minimise the mean loss of the included tasks; with PCGrad, per-task gradients deconflicted.
-        torch.where, not a product, leaves the others out: 0 * NaN is NaN. Returns whether it was skipped."""
+        """Minimise each seed's mean loss of its included tasks; with PCGrad, per-task gradients deconflicted,
+        seed by seed. torch.where, not a product, leaves the others out: 0 * NaN is NaN. Returns whether the
+        step was skipped."""
         opt = self.optimizers()[name]
         opt.zero_grad(set_to_none=True)
-        losses = torch.where(included, task_losses, 0)
-        count = included.sum().clamp(min=1)
+        losses = torch.where(included, task_losses, 0)             # [S, T]
+        count = included.sum(1).clamp(min=1)
         if not self.cfg.pcgrad:
-            (losses.sum() / count).backward()
-        else:
-            grads = []
+            (losses.sum(1) / count).sum().backward()
+        else:   # a seed's parameters are its rows of every tensor (seed-major): its gradients are those rows
+            S = self.seeds
+            grads: list[list[Tensor]] = [[] for _ in range(S)]
             for t in range(self.num_tasks):
-                g = torch.autograd.grad(losses[t], params, retain_graph=True, allow_unused=True)
-                grads.append(torch.cat([(x if x is not None else torch.zeros_like(p)).flatten()
-                                        for x, p in zip(g, params)]))
-            flat = pcgrad(grads) / count
+                g = torch.autograd.grad(losses[:, t].sum(), params, retain_graph=True, allow_unused=True)
+                rows = torch.cat([(x if x is not None else torch.zeros_like(p)).reshape(S, -1)
+                                  for x, p in zip(g, params)], 1)
+                for s in range(S):
+                    grads[s].append(rows[s])
+            flat = torch.stack([pcgrad(grads[s]) / count[s] for s in range(S)])
             offset = 0
             for p in params:
-                p.grad = flat[offset:offset + p.numel()].view_as(p).clone()
-                offset += p.numel()
-        return self._apply(name, params)
+                size = p.numel() // S
+                p.grad = flat[:, offset:offset + size].reshape(p.shape).clone()
+                offset += size
+        return self._apply(opt, name, params)
 
-    def _apply(self, name: str, params: list) -> Tensor:
+    def _apply(self, opt: torch.optim.Optimizer, name: str, params: list) -> Tensor:
         """The optimizer's step, skipped where a gradient is NaN or inf: on the device for fused Adam (its
         found_inf, which also holds back the step count), a host check otherwise. Returns 1 if skipped, else 0."""
-        opt, found_inf = self.optimizers()[name], self._found_inf[name]
+        found_inf = self._found_inf[name]
         found_inf.zero_()
         grads = [p.grad for p in params if p.grad is not None]
         if grads:

@@ -1,0 +1,115 @@
+"""A group of seeds trained as one agent (build's `seeds`, SAC on `[S, B, ...]` batches) against the same
+seeds trained one by one: with identical batches and random draws (the noise, w-reset's and the triplets'
+fixed by the test), every parameter and every optimizer state of
+each seed after several updates equals its single run's, for plain SAC, PaCo's maskout and w-reset, PCGrad,
+the triplet loss and per-task temperatures; and a group's checkpoint splits into the seeds' own."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import graphnet
+from graphnet.compiler import build
+from graphnet.runtime import sac as sac_module
+from graphnet.runtime import schemes
+from graphnet.runtime.replay import Batch
+from graphnet.runtime.sac import SAC
+from graphnet.runtime.seeds import SeedGroup
+
+OBS, ACT, T, PER_TASK, SEEDS = 3, 2, 2, 8, (0, 5)
+
+
+def fixed_noise(mean: torch.Tensor, log_std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """squashed_sample with the same noise for every seed: a fixed function of the sample's place."""
+    B, A = mean.shape[-2:]
+    eps = torch.sin(torch.arange(B * A, dtype=mean.dtype).view(B, A) * 0.37 + 0.1)
+    std = log_std.exp()
+    u = mean + std * eps
+    logp = (-0.5 * eps ** 2 - log_std).sum(-1) - (2 * (0.6931471805599453 - u - torch.nn.functional.softplus(-2 * u))
+                                                  ).sum(-1)
+    return torch.tanh(u), logp
+
+
+def fixed_w_reset(table: torch.Tensor, healthy: torch.Tensor) -> torch.Tensor:
+    return schemes.w_reset_(table, healthy, generator=torch.Generator().manual_seed(3))
+
+
+def fixed_triplets(features: torch.Tensor, task: torch.Tensor, margin: float) -> torch.Tensor:
+    return schemes.triplet_loss(features, task, margin, generator=torch.Generator().manual_seed(4))
+
+
+def batch(seed: int, step: int) -> Batch:
+    g = torch.Generator().manual_seed(1000 * seed + step)
+    n = T * PER_TASK
+    task = torch.arange(T).repeat_interleave(PER_TASK)
+    return Batch(obs=torch.randn(n, OBS, generator=g), act=torch.rand(n, ACT, generator=g) * 2 - 1,
+                 reward=torch.randn(n, generator=g) * (1 + 30 * (step % 2)),   # big rewards: maskout triggers
+                 next_obs=torch.randn(n, OBS, generator=g), done=(torch.rand(n, generator=g) < 0.1).float(),
+                 task=task, index=torch.zeros_like(task))
+
+
+def stacked(batches: list[Batch]) -> Batch:
+    return Batch(*(torch.stack([getattr(b, k) for b in batches]) for k in ("obs", "act", "reward", "next_obs", "done")),
+                 task=batches[0].task, index=torch.stack([b.index for b in batches]))
+
+
+CASES = {"mtsac": ("mtsac", {}),
+         "paco maskout + w-reset": ("paco", {"loss_maskout": 2.0, "w_reset": True}),
+         "pcgrad": ("mhsac", {"pcgrad": True}),
+         "triplet": ("shared_unique", {})}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_group_update_is_each_seeds_own(case, monkeypatch):
+    name, train = CASES[case]
+    monkeypatch.setattr(sac_module, "squashed_sample", fixed_noise)
+    monkeypatch.setattr(sac_module, "w_reset_", fixed_w_reset)
+    monkeypatch.setattr(sac_module, "triplet_loss", fixed_triplets)
+    spec = graphnet.load(name, graphnet.Sizes(obs=OBS, act=ACT, tasks=T), H=8,
+                         **({"K": 2} if name == "paco" else {}))
+    cfg = spec.train.model_copy(update=train)
+    group = SeedGroup(spec, OBS, ACT, T, list(SEEDS), torch.device("cpu"))
+    singles = group.singles
+    group_sac = SAC(group.nets, cfg, ACT)
+    single_sacs = [SAC(n, cfg, ACT) for n in singles]
+    healthy = []
+    for step in range(5):
+        batches = [batch(s, step) for s in SEEDS]
+        metrics = group_sac.update(stacked(batches))
+        for i, (sac, b) in enumerate(zip(single_sacs, batches)):
+            alone = sac.update(b)
+            for k, v in alone.items():
+                torch.testing.assert_close(metrics[k][i], v, msg=f"{k}, seed {SEEDS[i]}, update {step}")
+        healthy.append(metrics["healthy_tasks"].tolist())
+    if train.get("w_reset"):
+        assert any(h < T for hs in healthy for h in hs), "maskout never left a task out: the test tests no reset"
+    for i, single in enumerate(singles):
+        state = group.seed_state(group.nets.state_dict(), i)
+        for k, v in single.state_dict().items():
+            torch.testing.assert_close(state[k], v, msg=f"{k} of seed {SEEDS[i]}")
+        opts = group.seed_optimizers({k: o.state_dict() for k, o in group_sac.optimizers().items()}, group_sac, i)
+        for k, o in single_sacs[i].optimizers().items():
+            mine = o.state_dict()["state"]
+            assert mine.keys() == opts[k]["state"].keys()
+            for p, st in mine.items():
+                for key, v in st.items():
+                    torch.testing.assert_close(opts[k]["state"][p][key], v, msg=f"{k} {p} {key}")
+
+
+def test_a_group_starts_as_each_seed_alone_and_loads_their_states():
+    """Seed s of a group starts with the weights `graphnet train --seed s` starts with, and the group built
+    from the seeds' states holds exactly them."""
+    spec = graphnet.load("paco", graphnet.Sizes(obs=OBS, act=ACT, tasks=T), H=8, K=2)
+    group = SeedGroup(spec, OBS, ACT, T, [2, 7], torch.device("cpu"))
+    for i, seed in enumerate((2, 7)):
+        torch.manual_seed(seed)
+        alone = build(spec, OBS, ACT, T, device="cpu").state_dict()
+        state = group.seed_state(group.nets.state_dict(), i)
+        assert state.keys() == alone.keys()
+        assert all(torch.equal(state[k], v) for k, v in alone.items())
+    other = SeedGroup(spec, OBS, ACT, T, [2, 7], torch.device("cpu"))
+    with torch.no_grad():
+        for p in other.nets.parameters():
+            p.add_(1.0)
+    other.nets.load_state_dict(group.stack_states([group.seed_state(group.nets.state_dict(), i) for i in (0, 1)]))
+    assert all(torch.equal(a, b) for a, b in zip(other.nets.state_dict().values(), group.nets.state_dict().values()))
