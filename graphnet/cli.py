@@ -124,8 +124,9 @@ def _run_config(args):
     from .runtime.config import RunConfig
     spec = load(args.spec, **_overrides(args.set))
     env = args.env or "MT10"
-    out = args.out or Path("runs") / f"{Path(spec.path).stem}-{env.replace(':', '-')}-s{args.seed}"
-    fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "eval_every", "eval_episodes",
+    seeds = f"s{'_'.join(map(str, args.seeds))}" if getattr(args, "seeds", None) else f"s{args.seed}"
+    out = args.out or Path("runs") / f"{Path(spec.path).stem}-{env.replace(':', '-')}-{seeds}"
+    fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "seeds", "eval_every", "eval_episodes",
                                             "checkpoint_every", "warmup", "device", "threads", "save_replay",
                                             "cuda_graph")
               if getattr(args, k, None) is not None}
@@ -346,8 +347,21 @@ def cmd_sweep(args) -> int:
     return 1 if failed or stopped else 0
 
 
+def _seed_list(text: str) -> list[int]:
+    """`--seeds 4`: seeds 0..3; `--seeds 0,2,5`: those."""
+    try:
+        seeds = [int(t) for t in text.split(",") if t.strip()] if "," in text else list(range(int(text)))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is neither a count (4: seeds 0..3) nor a list (0,2,5)") from None
+    if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"'{text}': a group needs two or more different seeds (one seed: --seed)")
+    return seeds
+
+
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=_seed_list, metavar="N|S0,S1,...",
+                   help="train several seeds in one process as one agent (N: seeds 0..N-1), each in OUT/seed_<s>")
     p.add_argument("--out", help="run directory (default runs/<spec>-<env>-s<seed>)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a spec param (repeatable)")
     _run_args(p)

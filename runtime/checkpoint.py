@@ -53,12 +53,15 @@ def save(run_dir: Path, state: dict) -> Path:
     return path
 
 
-def read_latest(run_dir: Path) -> Found | None:
-    """The newest readable checkpoint: `latest.pt`'s, or, where that file is broken, the newest one before it."""
+def read_latest(run_dir: Path, at_most: int | None = None) -> Found | None:
+    """The newest readable checkpoint: `latest.pt`'s, or, where that file is broken, the newest one before it.
+    `at_most`: the newest of that step or earlier (a group of seeds resumes at a step all its seeds have)."""
     folder = run_dir / "checkpoints"
     latest = folder / LATEST
     candidates = sorted(folder.glob("step_*.pt"), reverse=True)
-    if latest.exists():
+    if at_most is not None:
+        candidates = [c for c in candidates if c.name <= f"step_{at_most:09d}.pt"]
+    elif latest.exists():
         newest = latest.resolve()
         candidates = [newest] + [c for c in candidates if c.name < newest.name]
     skipped: list[str] = []

@@ -17,6 +17,7 @@ class RunConfig(BaseModel):
     env: str = "MT10"
     steps: PositiveInt = 200_000
     seed: int = 0
+    seeds: list[int] | None = None        # a group: these seeds trained as one agent, each in OUT/seed_<s>
     out: Path
     eval_every: PositiveInt = 10_000
     eval_episodes: PositiveInt = 10
@@ -35,3 +36,10 @@ class RunConfig(BaseModel):
         if v in ("MT10", "MT50") or (v.startswith("MT1:") and len(v) > 4):
             return v
         raise ValueError(f"unknown env '{v}': use MT10, MT50 or MT1:<task>, e.g. MT1:reach-v3")
+
+    @field_validator("seeds")
+    @classmethod
+    def _group(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError(f"seeds {v}: a group needs two or more different seeds (one seed: --seed)")
+        return v

@@ -71,3 +71,41 @@ class MultiTaskEnv:
 
     def close(self) -> None:
         self.vec.close()
+
+
+class SeedEnvs:
+    """A group's environments, one MultiTaskEnv per seed, stepped as one: rows i*T..(i+1)*T-1 of every array are
+    seed i's tasks. Episodes end together (every task's lasts `episode_steps`)."""
+
+    def __init__(self, envs: list[Any]):
+        self.envs = envs
+        first = envs[0]
+        self.names, self.num_tasks, self.episode_steps = first.names, first.num_tasks, first.episode_steps
+        self.obs_dim, self.act_dim = first.obs_dim, first.act_dim
+
+    def reset(self, seed: list[int] | None = None) -> np.ndarray:
+        """Reset every seed's environments; `seed`: one reset seed per seed of the group."""
+        return np.concatenate([e.reset(seed=None if seed is None else seed[i]) for i, e in enumerate(self.envs)])
+
+    def step(self, action: np.ndarray):
+        """-> next obs, reward, terminated, episode over (all), success; as MultiTaskEnv.step, over all rows."""
+        out = [e.step(a) for e, a in zip(self.envs, np.split(action, len(self.envs)))]
+        obs, reward, terminated, over, success = zip(*out)
+        return (np.concatenate(obs), np.concatenate(reward), np.concatenate(terminated), all(over),
+                np.concatenate(success))
+
+    def random_actions(self, rngs: list[np.random.Generator]) -> np.ndarray:
+        return np.concatenate([e.random_actions(rng) for e, rng in zip(self.envs, rngs)])
+
+    def get_state(self) -> list:
+        """Each seed's environments' state (MultiTaskEnv.get_state), taken at an episode end."""
+        return [e.get_state() for e in self.envs]
+
+    def set_state(self, states: list) -> None:
+        for e, state in zip(self.envs, states):
+            e.set_state(state)
+
+    def close(self) -> None:
+        for e in self.envs:
+            e.close()
+

@@ -27,7 +27,8 @@ def graph_blocker(device: torch.device, train: TrainConfig) -> str | None:
 
 
 class GraphedUpdate:
-    """`sac.update` as a replayed CUDA graph; call it like `sac.update(batch)`.
+    """`sac.update` as a replayed CUDA graph; call it like `sac.update(batch)` with a batch of one per seed,
+    `[S, B, ...]` (Batch.with_seed_dim for a single agent's).
 
     Capturing runs a few real updates first (CUDA graphs need warmed-up allocators and optimizer
     state); afterwards the networks, targets and optimizer states are put back exactly as they were,
@@ -37,13 +38,14 @@ class GraphedUpdate:
     def __init__(self, sac: SAC, per_task: int, obs_dim: int, act_dim: int, warmup: int = 3):
         nets = sac.nets
         device = nets.log_alpha.device
-        T = sac.num_tasks
+        T, S = sac.num_tasks, sac.seeds
         task = torch.arange(T, device=device).repeat_interleave(per_task)
         n = task.shape[0]
-        self.batch = Batch(obs=torch.randn(n, obs_dim, device=device),
-                           act=torch.rand(n, act_dim, device=device) * 2 - 1,
-                           reward=torch.randn(n, device=device), next_obs=torch.randn(n, obs_dim, device=device),
-                           done=torch.zeros(n, device=device), task=task, index=torch.zeros_like(task))
+        self.batch = Batch(obs=torch.randn(S, n, obs_dim, device=device),
+                           act=torch.rand(S, n, act_dim, device=device) * 2 - 1,
+                           reward=torch.randn(S, n, device=device), next_obs=torch.randn(S, n, obs_dim, device=device),
+                           done=torch.zeros(S, n, device=device), task=task,
+                           index=torch.zeros(S, n, dtype=torch.long, device=device))
         saved = _state(sac)
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))

@@ -62,6 +62,16 @@ class TaskSumTrees:
         return self.tree.device
 
     # ------------------------------------------------------------------------------- writes
+    def state_dict(self) -> dict[str, Tensor]:
+        """The trees and the largest leaf so far (what new transitions get): all a resume needs."""
+        return {"tree": self.tree, "max_leaf": self.max_leaf}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if state["tree"].shape != self.tree.shape:
+            raise ValueError(f"sum trees of shape {tuple(state['tree'].shape)} do not fit {tuple(self.tree.shape)}")
+        self.tree = state["tree"].to(self.device, self.tree.dtype)
+        self.max_leaf = state["max_leaf"].to(self.device, self.max_leaf.dtype)
+
     def update(self, task: Tensor, index: Tensor, priority: Tensor) -> None:
         """Set slot ``index`` of tree ``task`` to ``priority ** alpha`` and repair its ancestors.
 

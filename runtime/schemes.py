@@ -147,6 +147,16 @@ class TaskSampler:
         else:
             self.groups = [[t] for t in range(num_tasks)]
 
+    def state_dict(self) -> dict:
+        """The current groups (TaCo's change as it regroups; fixed and uniform ones never do)."""
+        return {"groups": [list(g) for g in self.groups]}
+
+    def load_state_dict(self, state: dict) -> None:
+        tasks = sorted(t for g in state["groups"] for t in g)
+        if tasks != list(range(self.num_tasks)):
+            raise ValueError(f"task groups {state['groups']} do not cover tasks 0..{self.num_tasks - 1} once each")
+        self.groups = [list(g) for g in state["groups"]]
+
     def weights(self) -> Tensor:
         """p_tau = 1 / (|G| |g_i|), ``[T]`` in float64 (sums to 1)."""
         w = torch.zeros(self.num_tasks, dtype=torch.float64)

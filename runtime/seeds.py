@@ -8,32 +8,33 @@ and one seed's directory is a run directory like any other.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor
 
 from .._spec import Spec
-from ..compiler import AgentNets, build
+from ..compiler import build
 from .replay import Batch
 from .sac import SAC
 
 
 class SeedGroup:
-    """The group's networks (`nets`), the seeds' single networks they were stacked from (`singles`), and the
-    conversions of states between the two layouts (a seed's rows of every tensor are its parameters)."""
+    """The group's networks (`nets`; for one seed, that seed's own) and the conversions of states between the
+    group's layout and the seeds' (a seed's rows of every tensor are its parameters)."""
 
     def __init__(self, spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, seeds: list[int],
-                 device: torch.device, build_nets: Callable[..., AgentNets] = build):
+                 device: torch.device):
         self.seeds, self.num_tasks = list(seeds), num_tasks
-        self.singles = []
+        singles = []
         for seed in self.seeds:
             torch.manual_seed(seed)   # as a single run seeds torch before it builds
-            self.singles.append(build_nets(spec, obs_dim, act_dim, num_tasks, device=device))
-        self.nets = build_nets(spec, obs_dim, act_dim, num_tasks, device=device, seeds=len(self.seeds))
-        self._single = {k: v.shape for k, v in self.singles[0].state_dict().items()}
+            singles.append(build(spec, obs_dim, act_dim, num_tasks, device=device))
+        if len(singles) == 1:         # a single run: its networks, and the random stream a run has always had
+            self.nets = singles[0]
+        else:
+            self.nets = build(spec, obs_dim, act_dim, num_tasks, device=device, seeds=len(singles))
+        self._single = {k: v.shape for k, v in singles[0].state_dict().items()}
         self._group = {k: v.shape for k, v in self.nets.state_dict().items()}
-        self.nets.load_state_dict(self.stack_states([n.state_dict() for n in self.singles]))
+        self.nets.load_state_dict(self.stack_states([n.state_dict() for n in singles]))
 
     @property
     def size(self) -> int:

@@ -14,6 +14,7 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from collections.abc import Callable, Iterator
+from typing import cast
 
 import numpy as np
 import torch
@@ -29,14 +30,15 @@ from ..ir import nodes
 from ..train_config import TAPER
 from . import checkpoint
 from .config import RunConfig
-from .envs import MultiTaskEnv, task_names
+from .envs import MultiTaskEnv, SeedEnvs, task_names
 from .evaluate import evaluate
 from .graphed import GraphedUpdate, graph_blocker
 from .logs import RunLog, versions, write_json
 from .prioritized import TaskSumTrees
-from .replay import TaskReplay
+from .replay import Batch, TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
+from .seeds import SeedGroup
 
 NONFINITE_PATIENCE = 1_000   # updates in a row that lost a task or a step to NaN/inf before a run stops
 
@@ -57,6 +59,10 @@ def check(cfg: RunConfig, resume: bool, sizes: graphnet.Sizes | None = None) -> 
                        "use a learned task embedding (for care: --set ctx=learned)")
     if cfg.train.sampling.kind == "taco" and g.graph["bank"] is None:
         raise RunError("sampling = taco clusters the tasks' composition weights w, but the spec has no bank(K)")
+    if cfg.seeds and (cfg.train.replay.kind == "taper" or cfg.train.sampling.kind == "taco"):
+        kind = "replay = taper(...)" if cfg.train.replay.kind == "taper" else "sampling = taco(...)"
+        raise RunError(f"--seeds trains the seeds' updates as one, on one task layout for all, but {kind} draws "
+                       "each seed's tasks its own way; run the seeds one by one (graphnet sweep --seeds N)")
     if cfg.cuda_graph and (why := graph_blocker(resolve_device(cfg.device), cfg.train)):
         raise RunError(f"--cuda-graph: {why}; run without it")
     check_run_dir(cfg, resume)
@@ -78,86 +84,132 @@ def check_run_dir(cfg: RunConfig, resume: bool) -> None:
         raise RunError(f"{cfg.out} already holds files; pass --resume {cfg.out} to continue it, or choose --out")
 
 
+def seed_configs(cfg: RunConfig) -> list[RunConfig]:
+    """Each seed's own run: the run itself, or for a group (`seeds`) one run per seed in OUT/seed_<s>."""
+    if not cfg.seeds:
+        return [cfg]
+    return [cfg.model_copy(update={"seed": s, "seeds": None, "out": cfg.out / f"seed_{s}"}) for s in cfg.seeds]
+
+
+def read_checkpoints(runs: list[RunConfig]) -> list[checkpoint.Found] | None:
+    """Each seed's latest checkpoint, all of one step (the newest every seed has: a group killed while saving
+    may have written some seeds' files only); None for a fresh start."""
+    found = [checkpoint.read_latest(r.out) for r in runs]
+    if all(f is None for f in found):
+        return None
+    if any(f is None for f in found):
+        missing = [str(r.out) for r, f in zip(runs, found) if f is None]
+        raise RunError(f"{', '.join(missing)} of this group of seeds has no checkpoint, the others have: "
+                       "the group cannot resume together")
+    step = min(f.state["step"] for f in found if f is not None)
+    at_step = [f if f is not None and f.state["step"] == step else checkpoint.read_latest(r.out, at_most=step)
+               for r, f in zip(runs, found)]
+    if any(f is None or f.state["step"] != step for f in at_step):
+        raise RunError(f"the seeds of this group have no checkpoint of one step in common (step {step:,} missing "
+                       "in some); resume the seeds' directories one by one")
+    return cast(list[checkpoint.Found], at_step)
+
+
 def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
           make_env: Callable[[int], MultiTaskEnv] | None = None) -> Path:
-    """Run (or resume) training. `make_env(seed)` replaces the Meta-World environments (tests use a small
+    """Run (or resume) training: one seed, or a group of seeds (`cfg.seeds`) trained as one agent, each seed in
+    a run directory of its own. `make_env(seed)` replaces the Meta-World environments (tests use a small
     problem of their own with the same interface)."""
     check_run_dir(cfg, resume)  # before the environments, which take seconds to build
-    run_dir = cfg.out
-    found = checkpoint.read_latest(run_dir) if resume else None
-    saved = found.state if found else None
+    runs = seed_configs(cfg)
+    found = read_checkpoints(runs) if resume else None
+    saved = found[0].state if found else None
     if saved is not None and str(saved["spec_hash"]).startswith("transfer:"):
-        raise RunError(f"{run_dir} is a transfer run (graphnet transfer): its networks are one task's, and its "
+        raise RunError(f"{cfg.out} is a transfer run (graphnet transfer): its networks are one task's, and its "
                        "critic keeps a w row of its own; it is not resumed with graphnet train")
     if saved is not None and saved["step"] >= cfg.steps:
-        raise RunError(f"{run_dir} is at step {saved['step']:,} already, not short of --steps {cfg.steps:,}: "
+        raise RunError(f"{cfg.out} is at step {saved['step']:,} already, not short of --steps {cfg.steps:,}: "
                        f"nothing to do (pass --steps above {saved['step']:,} to extend it)")
     make_env = make_env or (lambda seed: MultiTaskEnv(cfg.env, seed))
-    env, eval_env = make_env(cfg.seed), make_env(cfg.seed + 1_000_003)
+    env = SeedEnvs([make_env(r.seed) for r in runs])
+    eval_env = SeedEnvs([make_env(r.seed + 1_000_003) for r in runs])
     spec = check(cfg, resume, graphnet.Sizes(obs=env.obs_dim, act=env.act_dim, tasks=env.num_tasks))
     if resume and saved is not None and saved["spec_hash"] != spec.hash:
         raise RunError(f"the spec changed since this run started (hash {saved['spec_hash']}, now {spec.hash})")
-    device, rng = start_run(cfg)
+    device, _ = start_run(cfg)
+    rngs = [np.random.default_rng(r.seed) for r in runs]
 
-    # --- the run: environments, networks, SAC, replay, task sampling ----------------------------
-    T = env.num_tasks
-    nets = build(spec, env.obs_dim, env.act_dim, T, device=device)
+    # --- the run: environments, networks (one seed, or a group as one), SAC, replay, task sampling -------
+    T, S = env.num_tasks, len(runs)
+    group = SeedGroup(spec, env.obs_dim, env.act_dim, T, [r.seed for r in runs], device)
+    nets = group.nets
     sac = SAC(nets, cfg.train, env.act_dim)
-    replay = TaskReplay(T, cfg.buffer_size, env.obs_dim, env.act_dim, device)
-    taper = cfg.train.replay if isinstance(cfg.train.replay, TAPER) else None
+    replay = TaskReplay(S * T, cfg.buffer_size, env.obs_dim, env.act_dim, device)   # rows: seed-major tasks
+    taper = cfg.train.replay if isinstance(cfg.train.replay, TAPER) else None        # one seed only (check)
     trees = TaskSumTrees.from_config(taper, T, replay.capacity, device) if taper else None
     sampler = TaskSampler(T, cfg.train.sampling, device)
-    tasks = torch.arange(T, device=device)
+    tasks, rows = torch.arange(T, device=device), torch.arange(S * T, device=device)
     step, refill_until, env_state, metrics = 0, 0, None, {}
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    for r in ([cfg] if cfg.seeds else []) + runs:
+        r.out.mkdir(parents=True, exist_ok=True)
     if found is None:
-        write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
-        write_json(run_dir / "versions.json", versions())
-        write_json(run_dir / "spec.json", {"hash": spec.hash, "values": spec.values, "sources": spec.sources})
-        (run_dir / "spec.gn").write_text(spec.sources[spec.path])
+        for r in ([cfg] if cfg.seeds else []) + runs:
+            write_json(r.out / "config.json", r.model_dump(mode="json"))
+            write_json(r.out / "versions.json", versions())
+            write_json(r.out / "spec.json", {"hash": spec.hash, "values": spec.values, "sources": spec.sources})
+            (r.out / "spec.gn").write_text(spec.sources[spec.path])
     else:
-        saved = found.state
-        step = saved["step"]
-        nets.load_state_dict(saved["nets"])
+        states = [f.state for f in found]
+        step = states[0]["step"]
+        nets.load_state_dict(group.stack_states([st["nets"] for st in states]))
+        opts = group.stack_optimizers([st["optimizers"] for st in states], sac)
         for name, opt in sac.optimizers().items():
-            opt.load_state_dict(saved["optimizers"][name])
-        torch.set_rng_state(saved["rng"]["torch"])
-        rng.bit_generator.state = saved["rng"]["numpy"]
-        sampler.groups = saved["sampler_groups"]
-        env_state = saved["env_state"]
-        if "replay" in saved:
-            replay.load_state_dict(saved["replay"])
+            opt.load_state_dict(opts[name])
+        torch.set_rng_state(states[0]["rng"]["torch"])
+        for rng, st in zip(rngs, states):
+            rng.bit_generator.state = st["rng"]["numpy"]
+        sampler.load_state_dict(states[0]["sampler"] if "sampler" in states[0] else
+                                {"groups": states[0]["sampler_groups"]})
+        env_state = [st["env_state"] for st in states]
+        if all("replay" in st for st in states):
+            replay.load_state_dict(group.stack_replays([st["replay"] for st in states]))
             if trees is not None:
-                trees.tree, trees.max_leaf = saved["trees"].to(device), saved["max_leaf"].to(device)
+                trees.load_state_dict(states[0]["trees"] if isinstance(states[0]["trees"], dict) else
+                                      {"tree": states[0]["trees"], "max_leaf": states[0]["max_leaf"]})
         else:
             refill_until = step + cfg.warmup
-        print(f"resuming {run_dir} at step {step:,} of {cfg.steps:,} from checkpoints/{found.path.name}"
-              + ("" if "replay" in saved else f" (replay not saved: refilling {cfg.warmup:,} steps first)"))
-        for why in found.skipped:
+        kept = all("replay" in st for st in states)
+        print(f"resuming {cfg.out} at step {step:,} of {cfg.steps:,} from checkpoints/{found[0].path.name}"
+              + (f" ({S} seeds)" if cfg.seeds else "")
+              + ("" if kept else f" (replay not saved: refilling {cfg.warmup:,} steps first)"))
+        for why in (w for f in found for w in f.skipped):
             print(f"  a newer checkpoint could not be read and was passed over: {why}")
     update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)   # after the checkpoint: captures its state
-    log = RunLog(run_dir, env.names, resume_step=step if saved else None)
+    logs = [RunLog(r.out, env.names, resume_step=step if saved else None) for r in runs]
     if env_state is not None:
         env.set_state(env_state)
-    obs = env.reset(seed=cfg.seed if env_state is None else None)
+    obs = env.reset(seed=[r.seed for r in runs] if env_state is None else None)
 
     def policy(o: np.ndarray, deterministic: bool) -> np.ndarray:
+        """Every seed's actions: `o` `[S * T, obs]`, seed-major."""
         with torch.no_grad(), one_thread(device):
-            mean, log_std = nets.actor(torch.as_tensor(o, device=device), tasks, task_major=True)
+            x = torch.as_tensor(o, device=device).view(S, T, -1)
+            mean, log_std = nets.actor(x, tasks, task_major=True)
             action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
-        return action.cpu().numpy()
+        return action.reshape(S * T, -1).cpu().numpy()
 
     def save(env_state: list | None) -> None:
-        state = {"step": step, "spec_hash": spec.hash, "nets": nets.state_dict(),
-                 "optimizers": {k: o.state_dict() for k, o in sac.optimizers().items()},
-                 "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
-                 "sampler_groups": sampler.groups, "env_state": env_state}
-        if cfg.save_replay:
-            state["replay"] = replay.state_dict()
-            if trees is not None:
-                state["trees"], state["max_leaf"] = trees.tree, trees.max_leaf
-        checkpoint.save(run_dir, state)
+        nets_state = nets.state_dict()
+        opts = {k: o.state_dict() for k, o in sac.optimizers().items()}
+        replay_state = replay.state_dict() if cfg.save_replay else None
+        for i, r in enumerate(runs):
+            state = {"step": step, "spec_hash": spec.hash, "nets": group.seed_state(nets_state, i),
+                     "optimizers": group.seed_optimizers(opts, sac, i),
+                     "rng": {"torch": torch.get_rng_state(), "numpy": rngs[i].bit_generator.state},
+                     "sampler": sampler.state_dict(), "env_state": None if env_state is None else env_state[i]}
+            if cfg.seeds:
+                state["group"] = {"seeds": cfg.seeds}
+            if replay_state is not None:
+                state["replay"] = group.seed_replay(replay_state, i)
+                if trees is not None:
+                    state["trees"] = trees.state_dict()
+            checkpoint.save(r.out, state)
 
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=quiet, dynamic_ncols=True)
     next_checkpoint = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
@@ -165,58 +217,61 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
         # --- the loop: act, store, learn, evaluate, checkpoint -----------------------------------
         try:
             while step < cfg.steps and not stop:
-                action = env.random_actions(rng) if step < cfg.warmup else policy(obs, deterministic=False)
+                action = env.random_actions(rngs) if step < cfg.warmup else policy(obs, deterministic=False)
                 next_obs, reward, terminated, episode_over, _ = env.step(action)
-                store(replay, trees, tasks, obs, action, reward, next_obs, terminated)
+                store(replay, trees, rows, obs, action, reward, next_obs, terminated)
                 obs = next_obs
                 step += 1
 
                 if step >= max(cfg.warmup, refill_until):
-                    batch = sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task)
+                    batch = group.batch(sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task, S))
                     metrics = update(batch)
                     if trees is not None and taper is not None:
-                        trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
-                # taco sampling regroups by w: the spec check refuses it without a bank
+                        trees.update(batch.task, batch.index[0], metrics["td_error"][0] + taper.eps)
+                # taco sampling regroups by w: the spec check refuses it without a bank, and for a group
                 if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
                     sampler.regroup(nets.bank_table.detach())
 
                 if step % cfg.eval_every == 0 or step == cfg.steps:
-                    evaluate_and_log(policy, eval_env, cfg, log, step, metrics, bar)
+                    evaluate_and_log(policy, eval_env, cfg, logs, [r.seed for r in runs], step, metrics, bar)
                 if episode_over:
-                    stop_if_nonfinite(sac, env.names, step, run_dir)
+                    stop_if_nonfinite(sac, env.names, step, cfg.out)
                     obs, env_state, next_checkpoint = end_episode(env, step, next_checkpoint, cfg.checkpoint_every,
                                                                   save)
                 bar.update(1)
-            stop_if_nonfinite(sac, env.names, step, run_dir)
+            stop_if_nonfinite(sac, env.names, step, cfg.out)
             save(env_state)
         finally:
             bar.close()
-            log.close()
+            for log in logs:
+                log.close()
             env.close()
             eval_env.close()
     if stop:
-        print(f"{stop[0]}: checkpoint written at step {step:,}; continue with: graphnet train --resume {run_dir}")
-    return run_dir
+        print(f"{stop[0]}: checkpoint written at step {step:,}; continue with: graphnet train --resume {cfg.out}")
+    return cfg.out
 
 
 def stop_if_nonfinite(sac: SAC, names: list[str], step: int, run_dir: Path) -> None:
     """Stop a run whose last NONFINITE_PATIENCE updates each lost a task or a step to NaN/inf (one host read,
-    at episode ends). Nothing non-finite reached the weights, but the run is no longer learning those tasks."""
-    streak = int(sac.streak)
+    at episode ends). Nothing non-finite reached the weights, but the run is no longer learning those tasks.
+    A group stops when any seed does (`run_dir` the group's directory)."""
+    streak = int(sac.streak.max())
     if streak < NONFINITE_PATIENCE:
         return
-    counts = sac.left_out.tolist()
+    counts = sac.left_out.view(-1, len(names)).sum(0).tolist()
     worst = sorted((c, n) for c, n in zip(counts, names) if c)[::-1][:5]
     tasks = ", ".join(f"{n} ({c:,} updates)" for c, n in worst) or "no task; the gradients"
-    latest = run_dir / "checkpoints" / checkpoint.LATEST
-    kept = f"checkpoints/{latest.resolve().name} is kept as the last good one" if latest.exists() else \
+    latest = sorted(run_dir.glob(f"**/checkpoints/{checkpoint.LATEST}"))
+    kept = (", ".join(f"{p.parent.relative_to(run_dir) / p.resolve().name}" for p in latest)
+            + f" {'is' if len(latest) == 1 else 'are'} kept as the last good one") if latest else \
         "no checkpoint was written"
     raise RunError(f"stopped at step {step:,}: the last {streak:,} updates each met NaN or inf and left it out, in "
                    f"{tasks}; none reached the weights and {kept}. Check those tasks' rewards and observations "
                    "(or lower lr where the losses overflow)")
 
 
-def end_episode(env: MultiTaskEnv, step: int, next_checkpoint: int, every: int,
+def end_episode(env: SeedEnvs, step: int, next_checkpoint: int, every: int,
                 save: Callable[[list], None]) -> tuple[np.ndarray, list, int]:
     """At an episode's end, the only point whose environment state a checkpoint can restore: checkpoint if
     one is due, then reset. Returns the new observation, that state and the next checkpoint's step."""
@@ -256,12 +311,15 @@ def store(replay: TaskReplay, trees: TaskSumTrees | None, tasks: Tensor, *transi
         trees.add(tasks, torch.full((len(tasks),), slot, device=replay.device))
 
 
-def evaluate_and_log(policy: Callable[[np.ndarray, bool], np.ndarray], eval_env: MultiTaskEnv, cfg: RunConfig,
-                     log: RunLog, step: int, metrics: dict[str, Tensor], bar: tqdm,
+def evaluate_and_log(policy: Callable[[np.ndarray, bool], np.ndarray], eval_env: SeedEnvs, cfg: RunConfig,
+                     logs: list[RunLog], seeds: list[int], step: int, metrics: dict[str, Tensor], bar: tqdm,
                      extra: dict[str, float] | None = None) -> None:
-    success = evaluate(lambda o: policy(o, True), eval_env, cfg.eval_episodes, cfg.seed)
-    log.evaluation(step, success)
-    log.scalars(step, {k: float(v.float().mean()) for k, v in metrics.items()} | (extra or {}))
+    """Evaluate every seed's policy and log each seed's success and training metrics (one value per seed)."""
+    success = evaluate(lambda o: policy(o, True), eval_env, cfg.eval_episodes, seeds)
+    T = eval_env.num_tasks
+    for i, log in enumerate(logs):
+        log.evaluation(step, success[i * T:(i + 1) * T])
+        log.scalars(step, {k: float(v[i].float().mean()) for k, v in metrics.items()} | (extra or {}))
     bar.set_postfix(success=f"{success.mean():.2f}")
 
 
@@ -280,16 +338,18 @@ def one_thread(device: torch.device):
         torch.set_num_threads(threads)
 
 
-def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSampler, taper, per_task: int):
-    """Uniform and task-major by default; TA-PER and task sampling give each task its own share."""
-    T = replay.num_tasks
+def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSampler, taper, per_task: int,
+                 seeds: int = 1) -> Batch:
+    """Uniform and task-major by default; TA-PER and task sampling give each task its own share. A group's
+    replay holds `seeds` x T task rows: each seed draws the same shares (SeedGroup.batch splits them)."""
     if trees is not None:
+        T = replay.num_tasks
         k = trees.counts(T * per_task, taper.kmin, taper.kmax)
         sizes = torch.full((T,), replay.size, device=replay.device)
         task, index, weight = trees.sample(k, sizes)
         return replay.gather(task, index, task_major=False, weight=weight.to(replay.obs.dtype))
     if sampler.kind != "uniform":
-        return replay.sample(sampler.batch_counts(T * per_task))
+        return replay.sample(sampler.batch_counts(sampler.num_tasks * per_task).repeat(seeds))
     return replay.sample(per_task)
 
 
@@ -314,7 +374,7 @@ def bench_train(cfg: RunConfig, steps: int = 200) -> dict:
                      for x in (obs, action, reward, next_obs, terminated)))
         obs = env.reset() if over else next_obs
         start = time.perf_counter()
-        metrics = update(replay.sample(cfg.train.batch_per_task))
+        metrics = update(replay.sample(cfg.train.batch_per_task).with_seed_dim())
         metrics["critic_loss"].item()  # wait for the device
         t_update += time.perf_counter() - start
     env.close()

@@ -63,7 +63,7 @@ from ..ir import modules, node, nodes
 from ..train_config import TAPER, TrainConfig, UniformSampling
 from . import checkpoint
 from .config import RunConfig
-from .envs import MultiTaskEnv, task_names
+from .envs import MultiTaskEnv, SeedEnvs, task_names
 from .logs import RunLog, versions, write_json
 from .prioritized import TaskSumTrees
 from .replay import TaskReplay
@@ -366,7 +366,7 @@ def release_policy(sac: SAC, nets: AgentNets) -> None:
 
 def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], MultiTaskEnv],
          start: str, freeze_phi: bool) -> Path:
-    env, eval_env = make_env(cfg.seed), make_env(cfg.seed + 1_000_003)
+    env, eval_env = SeedEnvs([make_env(cfg.seed)]), SeedEnvs([make_env(cfg.seed + 1_000_003)])
     try:
         if env.num_tasks != 1:
             raise TransferError(f"transfer learns one new task; the environment has {env.num_tasks}")
@@ -434,7 +434,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
 
     bar = tqdm(total=cfg.steps, unit="step", disable=quiet, dynamic_ncols=True)
     next_checkpoint = cfg.checkpoint_every
-    obs = env.reset(seed=cfg.seed)
+    obs = env.reset(seed=[cfg.seed])
     beta = space.explore(0, rng)                                          # a corner: no draw from rng
     point = space.point(beta)
     best: tuple[float, Tensor | None] = (-float("inf"), None)             # (mean reward, beta)
@@ -458,9 +458,9 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                 episode_return += float(reward[0]) if exploring else 0.0
 
                 batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
-                metrics = sac.update(batch, actor=not exploring)     # exploring: value function and temperature only
-                if trees is not None and taper is not None:
-                    trees.update(batch.task, batch.index, metrics["td_error"] + taper.eps)
+                metrics = sac.update(batch.with_seed_dim(), actor=not exploring)   # exploring: value function and
+                if trees is not None and taper is not None:                         # temperature only
+                    trees.update(batch.task, batch.index, metrics["td_error"][0] + taper.eps)
 
                 if exploring and (episode_over or step == cfg.warmup):
                     best = max(best, (episode_return / (step - episode_start), beta), key=lambda b: b[0])
@@ -468,7 +468,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                                           *(f"{v:.6f}" for v in (*space.w(beta)[0].tolist(), *beta.tolist()))])
                     explore_file.flush()
                 if step % cfg.eval_every == 0 or step == cfg.steps:
-                    evaluate_and_log(policy, eval_env, cfg, log, step, metrics, bar,
+                    evaluate_and_log(policy, eval_env, cfg, [log], [cfg.seed], step, metrics, bar,
                                      {"w_norm": float(new_w(nets).detach().norm())})
                 if episode_over:
                     stop_if_nonfinite(sac, env.names, step, run_dir)

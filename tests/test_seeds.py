@@ -2,7 +2,8 @@
 seeds trained one by one: with identical batches and random draws (the noise, w-reset's and the triplets'
 fixed by the test), every parameter and every optimizer state of
 each seed after several updates equals its single run's, for plain SAC, PaCo's maskout and w-reset, PCGrad,
-the triplet loss and per-task temperatures; and a group's checkpoint splits into the seeds' own."""
+the triplet loss and per-task temperatures. A group run (`train --seeds`) learns, keeps each seed in a run
+directory of its own, and resumes exactly from them."""
 from __future__ import annotations
 
 import pytest
@@ -14,7 +15,14 @@ from graphnet.runtime import sac as sac_module
 from graphnet.runtime import schemes
 from graphnet.runtime.replay import Batch
 from graphnet.runtime.sac import SAC
+from graphnet.cli import main
+from graphnet.errors import RunError
+from graphnet.runtime.config import RunConfig
 from graphnet.runtime.seeds import SeedGroup
+from graphnet.runtime.train import read_checkpoints, seed_configs, train
+from graphnet.train_config import TAPER, TrainConfig
+from helpers import PointMass
+from test_runtime import assert_equal_states, final_success, logged_steps, point_mass_config
 
 OBS, ACT, T, PER_TASK, SEEDS = 3, 2, 2, 8, (0, 5)
 
@@ -69,7 +77,10 @@ def test_a_group_update_is_each_seeds_own(case, monkeypatch):
                          **({"K": 2} if name == "paco" else {}))
     cfg = spec.train.model_copy(update=train)
     group = SeedGroup(spec, OBS, ACT, T, list(SEEDS), torch.device("cpu"))
-    singles = group.singles
+    singles = []
+    for seed in SEEDS:
+        torch.manual_seed(seed)
+        singles.append(build(spec, OBS, ACT, T, device="cpu"))
     group_sac = SAC(group.nets, cfg, ACT)
     single_sacs = [SAC(n, cfg, ACT) for n in singles]
     healthy = []
@@ -113,3 +124,60 @@ def test_a_group_starts_as_each_seed_alone_and_loads_their_states():
             p.add_(1.0)
     other.nets.load_state_dict(group.stack_states([group.seed_state(group.nets.state_dict(), i) for i in (0, 1)]))
     assert all(torch.equal(a, b) for a, b in zip(other.nets.state_dict().values(), group.nets.state_dict().values()))
+
+
+def group_config(out, steps: int, **kw):
+    return point_mass_config(out, steps, seeds=[0, 1], **kw)
+
+
+def test_a_group_run_learns_and_keeps_each_seed_in_a_run_directory_of_its_own(tmp_path):
+    out = train(group_config(tmp_path / "group", steps=2400), quiet=True, make_env=PointMass)
+    assert RunConfig.model_validate_json((out / "config.json").read_text()).seeds == [0, 1]
+    for seed in (0, 1):
+        run = out / f"seed_{seed}"
+        cfg = RunConfig.model_validate_json((run / "config.json").read_text())
+        assert (cfg.seed, cfg.seeds, cfg.out) == (seed, None, run)
+        assert final_success(run) >= 0.9, f"seed {seed}"
+        saved = torch.load(run / "checkpoints" / "latest.pt", weights_only=False)
+        torch.manual_seed(seed)
+        alone = build(graphnet.load("mtsac", graphnet.Sizes(obs=2, act=2, tasks=4), H=64, N=2), 2, 2, 4, device="cpu")
+        assert {k: v.shape for k, v in saved["nets"].items()} == {k: v.shape for k, v in alone.state_dict().items()}
+        assert saved["step"] == 2400 and saved["group"]["seeds"] == [0, 1]
+
+
+def test_a_group_resumes_exactly_from_its_seeds_checkpoints_and_a_seed_resumes_alone(tmp_path, capsys):
+    straight = train(group_config(tmp_path / "a", steps=900, save_replay=True), quiet=True, make_env=PointMass)
+    first = train(group_config(tmp_path / "b", steps=600, save_replay=True), quiet=True, make_env=PointMass)
+    resumed = train(group_config(first, steps=900, save_replay=True), resume=True, quiet=True, make_env=PointMass)
+    assert "resuming" in capsys.readouterr().out
+    for seed in (0, 1):
+        a = torch.load(straight / f"seed_{seed}" / "checkpoints" / "latest.pt", weights_only=False)
+        b = torch.load(resumed / f"seed_{seed}" / "checkpoints" / "latest.pt", weights_only=False)
+        assert a["step"] == b["step"] == 900
+        assert_equal_states(a, b)
+        assert logged_steps(resumed / f"seed_{seed}") == ([600, 900], [600, 900])
+    # killed between two seeds' saves: seed 1's newest is missing, so the group goes back to the step both have
+    (resumed / "seed_1" / "checkpoints" / "step_000000900.pt").unlink()
+    runs = seed_configs(group_config(resumed, steps=1200))
+    assert [f.state["step"] for f in read_checkpoints(runs)] == [600, 600]
+    # one seed's directory is an ordinary run directory
+    alone = train(point_mass_config(resumed / "seed_0", steps=1200, save_replay=True), resume=True, quiet=True,
+                  make_env=PointMass)
+    assert torch.load(alone / "checkpoints" / "latest.pt", weights_only=False)["step"] == 1200
+
+
+def test_a_group_refuses_a_per_seed_task_layout(tmp_path):
+    cfg = group_config(tmp_path / "run", steps=100, train=TrainConfig(replay=TAPER(kind="taper")))
+    with pytest.raises(RunError, match="--seeds trains the seeds' updates as one.*replay = taper"):
+        train(cfg, quiet=True, make_env=PointMass)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("seeds, message", [("1", "a group needs two or more different seeds"),
+                                            ("0,0", "a group needs two or more different seeds"),
+                                            ("two", "neither a count")])
+def test_a_bad_seed_list_is_a_usage_error(tmp_path, capsys, seeds, message):
+    with pytest.raises(SystemExit) as e:
+        main(["train", "mtsac", "--seeds", seeds, "--out", str(tmp_path / "run")])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
