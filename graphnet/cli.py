@@ -179,6 +179,8 @@ def cmd_plot(args) -> int:
 def cmd_bench(args) -> int:
     if args.train and args.ops:
         raise UsageError("--ops times the compiled networks and the dense MLP op by op; it does not apply to --train")
+    if args.seeds is not None and (not args.train or args.seeds < 2):
+        raise UsageError("--seeds S (2 or more) compares S seeds trained as one with one seed, under --train")
     if args.train:
         from pathlib import Path
         from .runtime.config import RunConfig
@@ -188,14 +190,24 @@ def cmd_bench(args) -> int:
                         device=args.device, threads=args.threads, cuda_graph=args.cuda_graph,
                         train=_train_section(spec, args))
         result = bench_train(cfg, steps=args.train_steps)
+        runs = [result]
+        if args.seeds:   # side by side: one seed, then a group of them in one process
+            result = {**result, "group": bench_train(cfg, steps=args.train_steps, seeds=args.seeds)}
+            result["group_vs_one_seed_steps"] = result["group"]["seed_steps_per_s"] / result["seed_steps_per_s"]
+            runs.append(result["group"])
         if args.json:
             print(json.dumps(result, indent=2))
-        else:
-            graphed = ", update as one CUDA graph" if result["cuda_graph"] else ""
-            print(f"{args.spec} on {result['env']} ({result['tasks']} tasks, {result['device']}{graphed}): "
-                  f"{result['steps_per_s']:.1f} vector steps/s, env {result['env_steps_per_s']:.0f} "
-                  f"task-steps/s, {result['updates_per_s']:.1f} updates/s; time in env "
-                  f"{100 * result['env_share']:.0f} %, in updates {100 * result['update_share']:.0f} %")
+            return 0
+        for r in runs:
+            graphed = ", update as one CUDA graph" if r["cuda_graph"] else ""
+            seeds = f", {r['seeds']} seeds as one" if r["seeds"] > 1 else ""
+            print(f"{args.spec} on {r['env']} ({r['tasks']} tasks{seeds}, {r['device']}{graphed}): "
+                  f"{r['steps_per_s']:.1f} vector steps/s, env {r['env_steps_per_s']:.0f} "
+                  f"task-steps/s, {r['updates_per_s']:.1f} updates/s; time in env "
+                  f"{100 * r['env_share']:.0f} %, in updates {100 * r['update_share']:.0f} %")
+        if args.seeds:
+            print(f"{args.seeds} seeds in one process: {result['group_vs_one_seed_steps']:.2f}x the seed-steps/s "
+                  f"of one ({result['group']['seed_steps_per_s']:.1f} vs {result['seed_steps_per_s']:.1f})")
         return 0
     from .compiler.bench import bench
     spec = _load(args)
@@ -452,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     _env_args(p)
     p.add_argument("--train", action="store_true", help="measure a short real training run instead")
     p.add_argument("--train-steps", type=int, default=200, help="vector steps for --train (default 200)")
+    p.add_argument("--seeds", type=int, metavar="S",
+                   help="with --train: also S seeds trained as one in this process, side by side with one")
     p.add_argument("--env", default="MT10", help="with --train: MT10 (default), MT50 or MT1:<task>")
     p.add_argument("--threads", type=int, help="with --train: torch CPU threads")
     p.add_argument("--batch-per-task", type=int, help="samples per task (default 128)")

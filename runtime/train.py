@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 import graphnet
 
-from ..compiler import build
 from ..compiler.build import resolve_device
 from ..errors import RunError
 from ..ir import nodes
@@ -353,20 +352,24 @@ def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSa
     return replay.sample(per_task)
 
 
-def bench_train(cfg: RunConfig, steps: int = 200) -> dict:
-    """Env steps/s, updates/s and the share of time in the env vs the update, on a short real run."""
+def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1) -> dict:
+    """Env steps/s, updates/s and the share of time in the env vs the update, on a short real run of `seeds`
+    seeds trained as one (seed_steps_per_s counts each seed's vector steps)."""
     spec = check(cfg, resume=True)
     device, _ = start_run(cfg)
-    env = MultiTaskEnv(cfg.env, cfg.seed)
-    nets = build(spec, env.obs_dim, env.act_dim, env.num_tasks, device=device)
+    env = SeedEnvs([MultiTaskEnv(cfg.env, cfg.seed + i) for i in range(seeds)])
+    T = env.num_tasks
+    group = SeedGroup(spec, env.obs_dim, env.act_dim, T, [cfg.seed + i for i in range(seeds)], device)
+    nets = group.nets
     sac = SAC(nets, cfg.train, env.act_dim)
     update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)
-    replay = TaskReplay(env.num_tasks, steps + 1, env.obs_dim, env.act_dim, device)
-    tasks = torch.arange(env.num_tasks, device=device)
-    obs, t_env, t_update = env.reset(seed=cfg.seed), 0.0, 0.0
+    replay = TaskReplay(seeds * T, steps + 1, env.obs_dim, env.act_dim, device)
+    tasks = torch.arange(T, device=device)
+    obs, t_env, t_update = env.reset(seed=[cfg.seed + i for i in range(seeds)]), 0.0, 0.0
     for _ in range(steps):
         with torch.no_grad(), one_thread(device):
-            action = squashed_sample(*nets.actor(torch.as_tensor(obs, device=device), tasks, True))[0].cpu().numpy()
+            x = torch.as_tensor(obs, device=device).view(seeds, T, -1)
+            action = squashed_sample(*nets.actor(x, tasks, True))[0].reshape(seeds * T, -1).cpu().numpy()
         start = time.perf_counter()
         next_obs, reward, terminated, over, _ = env.step(action)
         t_env += time.perf_counter() - start
@@ -374,12 +377,12 @@ def bench_train(cfg: RunConfig, steps: int = 200) -> dict:
                      for x in (obs, action, reward, next_obs, terminated)))
         obs = env.reset() if over else next_obs
         start = time.perf_counter()
-        metrics = update(replay.sample(cfg.train.batch_per_task).with_seed_dim())
-        metrics["critic_loss"].item()  # wait for the device
+        metrics = update(group.batch(replay.sample(cfg.train.batch_per_task)))
+        metrics["critic_loss"].sum().item()  # wait for the device
         t_update += time.perf_counter() - start
     env.close()
-    return {"spec": cfg.spec, "env": cfg.env, "tasks": env.num_tasks, "device": str(device),
+    return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "device": str(device),
             "cuda_graph": isinstance(update, GraphedUpdate),
-            "env_steps_per_s": steps * env.num_tasks / t_env, "updates_per_s": steps / t_update,
-            "steps_per_s": steps / (t_env + t_update), "env_share": t_env / (t_env + t_update),
-            "update_share": t_update / (t_env + t_update)}
+            "env_steps_per_s": steps * seeds * T / t_env, "updates_per_s": steps / t_update,
+            "steps_per_s": steps / (t_env + t_update), "seed_steps_per_s": seeds * steps / (t_env + t_update),
+            "env_share": t_env / (t_env + t_update), "update_share": t_update / (t_env + t_update)}
