@@ -126,9 +126,9 @@ def _run_config(args):
     env = args.env or "MT10"
     seeds = f"s{'_'.join(map(str, args.seeds))}" if getattr(args, "seeds", None) else f"s{args.seed}"
     out = args.out or Path("runs") / f"{Path(spec.path).stem}-{env.replace(':', '-')}-{seeds}"
-    fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "seeds", "eval_every", "eval_episodes",
-                                            "checkpoint_every", "warmup", "device", "threads", "save_replay",
-                                            "cuda_graph")
+    fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "seeds", "env_workers", "eval_every",
+                                            "eval_episodes", "checkpoint_every", "warmup", "device", "threads",
+                                            "save_replay", "cuda_graph")
               if getattr(args, k, None) is not None}
     return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=_train_section(spec, args),
                      **fields)
@@ -148,7 +148,7 @@ def cmd_train(args) -> int:
         raise UsageError("give a SPEC to start a run, or --resume RUN_DIR to continue one")
     if args.resume:
         cfg = load_run_config(Path(args.resume))
-        updates = {k: getattr(args, k) for k in ("steps", "device", "threads", "cuda_graph")
+        updates = {k: getattr(args, k) for k in ("steps", "device", "threads", "cuda_graph", "env_workers")
                    if getattr(args, k) is not None}
         cfg = cfg.model_copy(update=updates | {"out": Path(args.resume)})
     else:
@@ -374,6 +374,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=_seed_list, metavar="N|S0,S1,...",
                    help="train several seeds in one process as one agent (N: seeds 0..N-1), each in OUT/seed_<s>")
+    p.add_argument("--env-workers", type=int, metavar="N",
+                   help="processes stepping the environments (0: this one; default: none up to 4 cores, else one "
+                        "per task up to half the cores)")
     p.add_argument("--out", help="run directory (default runs/<spec>-<env>-s<seed>)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a spec param (repeatable)")
     _run_args(p)

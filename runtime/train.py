@@ -24,12 +24,12 @@ from tqdm import tqdm
 import graphnet
 
 from ..compiler.build import resolve_device
-from ..errors import RunError
+from ..errors import EnvError, RunError
 from ..ir import nodes
 from ..train_config import TAPER
 from . import checkpoint
 from .config import RunConfig
-from .envs import MultiTaskEnv, SeedEnvs, task_names
+from .envs import MultiTaskEnv, SeedEnvs, default_workers, make_envs, task_names
 from .evaluate import evaluate
 from .graphed import GraphedUpdate, graph_blocker
 from .logs import RunLog, versions, write_json
@@ -124,7 +124,9 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     if saved is not None and saved["step"] >= cfg.steps:
         raise RunError(f"{cfg.out} is at step {saved['step']:,} already, not short of --steps {cfg.steps:,}: "
                        f"nothing to do (pass --steps above {saved['step']:,} to extend it)")
-    make_env = make_env or (lambda seed: MultiTaskEnv(cfg.env, seed))
+    workers = default_workers(len(task_names(cfg.env)) * len(runs)) if cfg.env_workers is None else cfg.env_workers
+    per_seed = -(-workers // len(runs))
+    make_env = make_env or (lambda seed: make_envs(cfg.env, seed, per_seed))
     env = SeedEnvs([make_env(r.seed) for r in runs])
     eval_env = SeedEnvs([make_env(r.seed + 1_000_003) for r in runs])
     spec = check(cfg, resume, graphnet.Sizes(obs=env.obs_dim, act=env.act_dim, tasks=env.num_tasks))
@@ -240,6 +242,10 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                 bar.update(1)
             stop_if_nonfinite(sac, env.names, step, cfg.out)
             save(env_state)
+        except EnvError as e:   # a worker died: keep what was learned; its episode cannot be restored
+            save(None)
+            raise RunError(f"{e}\ncheckpoint written at step {step:,}; continue with: graphnet train --resume "
+                           f"{cfg.out} (the environments start a fresh episode there)") from None
         finally:
             bar.close()
             for log in logs:

@@ -3,6 +3,7 @@ uninterrupted run; interrupts checkpoint; bad input fails before anything starts
 spec trains end to end on real Meta-World MT10 for a few steps."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -126,17 +127,21 @@ def test_resume_of_a_foreign_directory_fails(tmp_path, capsys):
     assert "not a graphnet run directory" in capsys.readouterr().err
 
 
-def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path):
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path, workers):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it): the run checkpoints and stops, with its
+    environments in this process or in a worker (which ignores the signal and is stopped by the run)."""
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "graphnet.cli", "train", "mtsac", "--env", "MT1:reach-v3",
                              "--steps", "100000", "--warmup", "50", "--batch-per-task", "32", "--set", "H=32",
-                             "--eval-every", "100000", "--threads", "1", "--out", str(out), "--quiet"],
+                             "--eval-every", "100000", "--threads", "1", "--out", str(out), "--quiet",
+                             "--env-workers", workers], start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "config.json").exists() and time.time() < deadline:
         time.sleep(0.5)
     time.sleep(8)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     stdout, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "checkpoint written at step" in stdout
     saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
