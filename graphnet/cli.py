@@ -181,6 +181,8 @@ def cmd_bench(args) -> int:
         raise UsageError("--ops times the compiled networks and the dense MLP op by op; it does not apply to --train")
     if args.seeds is not None and (not args.train or args.seeds < 2):
         raise UsageError("--seeds S (2 or more) compares S seeds trained as one with one seed, under --train")
+    if args.env_workers is not None and (not args.train or args.env_workers < 1):
+        raise UsageError("--env-workers N (1 or more) compares worker environments with in-process ones, under --train")
     if args.train:
         from pathlib import Path
         from .runtime.config import RunConfig
@@ -191,6 +193,10 @@ def cmd_bench(args) -> int:
                         train=_train_section(spec, args))
         result = bench_train(cfg, steps=args.train_steps)
         runs = [result]
+        if args.env_workers:   # side by side: the environments in this process, then in workers
+            result = {**result, "workers": bench_train(cfg, steps=args.train_steps, workers=args.env_workers)}
+            result["workers_vs_in_process_steps"] = result["workers"]["steps_per_s"] / result["steps_per_s"]
+            runs.append(result["workers"])
         if args.seeds:   # side by side: one seed, then a group of them in one process
             result = {**result, "group": bench_train(cfg, steps=args.train_steps, seeds=args.seeds)}
             result["group_vs_one_seed_steps"] = result["group"]["seed_steps_per_s"] / result["seed_steps_per_s"]
@@ -201,10 +207,14 @@ def cmd_bench(args) -> int:
         for r in runs:
             graphed = ", update as one CUDA graph" if r["cuda_graph"] else ""
             seeds = f", {r['seeds']} seeds as one" if r["seeds"] > 1 else ""
-            print(f"{args.spec} on {r['env']} ({r['tasks']} tasks{seeds}, {r['device']}{graphed}): "
+            workers = f", {r['env_workers']} env workers" if r["env_workers"] else ", envs in process"
+            print(f"{args.spec} on {r['env']} ({r['tasks']} tasks{seeds}{workers}, {r['device']}{graphed}): "
                   f"{r['steps_per_s']:.1f} vector steps/s, env {r['env_steps_per_s']:.0f} "
                   f"task-steps/s, {r['updates_per_s']:.1f} updates/s; time in env "
                   f"{100 * r['env_share']:.0f} %, in updates {100 * r['update_share']:.0f} %")
+        if args.env_workers:
+            print(f"{args.env_workers} env workers: {result['workers_vs_in_process_steps']:.2f}x the vector steps/s "
+                  "of in-process environments")
         if args.seeds:
             print(f"{args.seeds} seeds in one process: {result['group_vs_one_seed_steps']:.2f}x the seed-steps/s "
                   f"of one ({result['group']['seed_steps_per_s']:.1f} vs {result['seed_steps_per_s']:.1f})")
@@ -469,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-steps", type=int, default=200, help="vector steps for --train (default 200)")
     p.add_argument("--seeds", type=int, metavar="S",
                    help="with --train: also S seeds trained as one in this process, side by side with one")
+    p.add_argument("--env-workers", type=int, metavar="N",
+                   help="with --train: also the environments in N worker processes, side by side with in-process")
     p.add_argument("--env", default="MT10", help="with --train: MT10 (default), MT50 or MT1:<task>")
     p.add_argument("--threads", type=int, help="with --train: torch CPU threads")
     p.add_argument("--batch-per-task", type=int, help="samples per task (default 128)")

@@ -358,12 +358,14 @@ def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSa
     return replay.sample(per_task)
 
 
-def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1) -> dict:
+def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int = 0) -> dict:
     """Env steps/s, updates/s and the share of time in the env vs the update, on a short real run of `seeds`
-    seeds trained as one (seed_steps_per_s counts each seed's vector steps)."""
+    seeds trained as one (seed_steps_per_s counts each seed's vector steps), the environments in this process
+    or in `workers` worker processes (per seed)."""
     spec = check(cfg, resume=True)
     device, _ = start_run(cfg)
-    env = SeedEnvs([MultiTaskEnv(cfg.env, cfg.seed + i) for i in range(seeds)])
+    env = SeedEnvs([MultiTaskEnv(cfg.env, cfg.seed + i) if not workers else make_envs(cfg.env, cfg.seed + i, workers)
+                    for i in range(seeds)])
     T = env.num_tasks
     group = SeedGroup(spec, env.obs_dim, env.act_dim, T, [cfg.seed + i for i in range(seeds)], device)
     nets = group.nets
@@ -387,7 +389,7 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1) -> dict:
         metrics["critic_loss"].sum().item()  # wait for the device
         t_update += time.perf_counter() - start
     env.close()
-    return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "device": str(device),
+    return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "env_workers": workers, "device": str(device),
             "cuda_graph": isinstance(update, GraphedUpdate),
             "env_steps_per_s": steps * seeds * T / t_env, "updates_per_s": steps / t_update,
             "steps_per_s": steps / (t_env + t_update), "seed_steps_per_s": seeds * steps / (t_env + t_update),
