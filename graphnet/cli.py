@@ -128,7 +128,7 @@ def _run_config(args):
     out = args.out or Path("runs") / f"{Path(spec.path).stem}-{env.replace(':', '-')}-{seeds}"
     fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "seeds", "env_workers", "eval_every",
                                             "eval_episodes", "checkpoint_every", "warmup", "device", "threads",
-                                            "save_replay", "cuda_graph")
+                                            "save_replay", "cuda_graph", "overlap")
               if getattr(args, k, None) is not None}
     return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=_train_section(spec, args),
                      **fields)
@@ -196,7 +196,9 @@ def cmd_bench(args) -> int:
         if args.env_workers:   # side by side: the environments in this process, then in workers
             result = {**result, "workers": bench_train(cfg, steps=args.train_steps, workers=args.env_workers)}
             result["workers_vs_in_process_steps"] = result["workers"]["steps_per_s"] / result["steps_per_s"]
-            runs.append(result["workers"])
+            result["overlap"] = bench_train(cfg, steps=args.train_steps, workers=args.env_workers, overlap=True)
+            result["overlap_vs_workers_steps"] = result["overlap"]["steps_per_s"] / result["workers"]["steps_per_s"]
+            runs += [result["workers"], result["overlap"]]
         if args.seeds:   # side by side: one seed, then a group of them in one process
             result = {**result, "group": bench_train(cfg, steps=args.train_steps, seeds=args.seeds)}
             result["group_vs_one_seed_steps"] = result["group"]["seed_steps_per_s"] / result["seed_steps_per_s"]
@@ -208,13 +210,15 @@ def cmd_bench(args) -> int:
             graphed = ", update as one CUDA graph" if r["cuda_graph"] else ""
             seeds = f", {r['seeds']} seeds as one" if r["seeds"] > 1 else ""
             workers = f", {r['env_workers']} env workers" if r["env_workers"] else ", envs in process"
+            workers += ", update overlapping the step" if r["overlap"] else ""
             print(f"{args.spec} on {r['env']} ({r['tasks']} tasks{seeds}{workers}, {r['device']}{graphed}): "
                   f"{r['steps_per_s']:.1f} vector steps/s, env {r['env_steps_per_s']:.0f} "
                   f"task-steps/s, {r['updates_per_s']:.1f} updates/s; time in env "
                   f"{100 * r['env_share']:.0f} %, in updates {100 * r['update_share']:.0f} %")
         if args.env_workers:
             print(f"{args.env_workers} env workers: {result['workers_vs_in_process_steps']:.2f}x the vector steps/s "
-                  "of in-process environments")
+                  f"of in-process environments; overlapping the update: {result['overlap_vs_workers_steps']:.2f}x "
+                  "the workers' without")
         if args.seeds:
             print(f"{args.seeds} seeds in one process: {result['group_vs_one_seed_steps']:.2f}x the seed-steps/s "
                   f"of one ({result['group']['seed_steps_per_s']:.1f} vs {result['seed_steps_per_s']:.1f})")
@@ -387,6 +391,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-workers", type=int, metavar="N",
                    help="processes stepping the environments (0: this one; default: none up to 4 cores, else one "
                         "per task up to half the cores)")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="update while the environments step, on a replay one step older (default: with env workers)")
     p.add_argument("--out", help="run directory (default runs/<spec>-<env>-s<seed>)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a spec param (repeatable)")
     _run_args(p)
@@ -480,7 +486,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, metavar="S",
                    help="with --train: also S seeds trained as one in this process, side by side with one")
     p.add_argument("--env-workers", type=int, metavar="N",
-                   help="with --train: also the environments in N worker processes, side by side with in-process")
+                   help="with --train: also the environments in N worker processes, without and with the update "
+                        "overlapping the step, side by side with in-process")
     p.add_argument("--env", default="MT10", help="with --train: MT10 (default), MT50 or MT1:<task>")
     p.add_argument("--threads", type=int, help="with --train: torch CPU threads")
     p.add_argument("--batch-per-task", type=int, help="samples per task (default 128)")

@@ -27,6 +27,7 @@ class RunConfig(BaseModel):
     buffer_size: PositiveInt = 100_000    # transitions kept per task (MT10: 1M in all)
     env_workers: int | None = Field(None, ge=0)   # processes stepping the environments; 0: in this one;
                                                   # None: from the cores (envs.default_workers)
+    overlap: bool | None = None           # update while the environments step; None: with env workers
     device: str | None = None             # None: CUDA when present
     threads: PositiveInt | None = None    # torch CPU threads
     cuda_graph: bool | None = None        # the update as one CUDA graph; None: whenever it can be

@@ -99,6 +99,7 @@ class SeedEnvs:
         first = envs[0]
         self.names, self.num_tasks, self.episode_steps = first.names, first.num_tasks, first.episode_steps
         self.obs_dim, self.act_dim = first.obs_dim, first.act_dim
+        self._pending: list[tuple[Any, np.ndarray]] = []
 
     def reset(self, seed: list[int] | None = None) -> np.ndarray:
         """Reset every seed's environments; `seed`: one reset seed per seed of the group."""
@@ -106,7 +107,19 @@ class SeedEnvs:
 
     def step(self, action: np.ndarray):
         """-> next obs, reward, terminated, episode over (all), success; as MultiTaskEnv.step, over all rows."""
-        out = [e.step(a) for e, a in zip(self.envs, np.split(action, len(self.envs)))]
+        self.step_async(action)
+        return self.step_wait()
+
+    def step_async(self, action: np.ndarray) -> None:
+        """Start a step: worker environments (WorkerEnvs) step from now on; in-process ones in step_wait."""
+        self._pending = list(zip(self.envs, np.split(action, len(self.envs))))
+        for e, a in self._pending:
+            if hasattr(e, "step_async"):
+                e.step_async(a)
+
+    def step_wait(self):
+        """The step step_async started, as `step` returns it."""
+        out = [e.step_wait() if hasattr(e, "step_async") else e.step(a) for e, a in self._pending]
         obs, reward, terminated, over, success = zip(*out)
         return (np.concatenate(obs), np.concatenate(reward), np.concatenate(terminated), all(over),
                 np.concatenate(success))

@@ -167,7 +167,8 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             rng.bit_generator.state = st["rng"]["numpy"]
         sampler.load_state_dict(states[0]["sampler"] if "sampler" in states[0] else
                                 {"groups": states[0]["sampler_groups"]})
-        env_state = [st["env_state"] for st in states]
+        env_states = [st["env_state"] for st in states]   # None: saved mid-episode, which restarts it
+        env_state = None if any(e is None for e in env_states) else env_states
         if all("replay" in st for st in states):
             replay.load_state_dict(group.stack_replays([st["replay"] for st in states]))
             if trees is not None:
@@ -212,6 +213,14 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                     state["trees"] = trees.state_dict()
             checkpoint.save(r.out, state)
 
+    def learn_step() -> dict[str, Tensor]:
+        batch = group.batch(sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task, S))
+        out = update(batch)
+        if trees is not None and taper is not None:
+            trees.update(batch.task, batch.index[0], out["td_error"][0] + taper.eps)
+        return out
+
+    overlap = workers > 0 if cfg.overlap is None else cfg.overlap
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=quiet, dynamic_ncols=True)
     next_checkpoint = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     with stop_signals() as stop:
@@ -219,16 +228,16 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
         try:
             while step < cfg.steps and not stop:
                 action = env.random_actions(rngs) if step < cfg.warmup else policy(obs, deterministic=False)
-                next_obs, reward, terminated, episode_over, _ = env.step(action)
+                env.step_async(action)
+                learn = step + 1 >= max(cfg.warmup, refill_until)
+                if overlap and learn and replay.size:   # while the environments step: a replay one step older
+                    metrics = learn_step()
+                next_obs, reward, terminated, episode_over, _ = env.step_wait()
                 store(replay, trees, rows, obs, action, reward, next_obs, terminated)
                 obs = next_obs
                 step += 1
-
-                if step >= max(cfg.warmup, refill_until):
-                    batch = group.batch(sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task, S))
-                    metrics = update(batch)
-                    if trees is not None and taper is not None:
-                        trees.update(batch.task, batch.index[0], metrics["td_error"][0] + taper.eps)
+                if learn and not overlap:
+                    metrics = learn_step()
                 # taco sampling regroups by w: the spec check refuses it without a bank, and for a group
                 if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
                     sampler.regroup(nets.bank_table.detach())
@@ -358,10 +367,11 @@ def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSa
     return replay.sample(per_task)
 
 
-def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int = 0) -> dict:
-    """Env steps/s, updates/s and the share of time in the env vs the update, on a short real run of `seeds`
-    seeds trained as one (seed_steps_per_s counts each seed's vector steps), the environments in this process
-    or in `workers` worker processes (per seed)."""
+def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int = 0, overlap: bool = False) -> dict:
+    """Env steps/s, updates/s and the share of time waiting for the env vs in the update, on a short real run of
+    `seeds` seeds trained as one (seed_steps_per_s counts each seed's vector steps), the environments in this
+    process or in `workers` worker processes (per seed), the update after the step or during it (`overlap`:
+    then env time is only the wait the update did not hide)."""
     spec = check(cfg, resume=True)
     device, _ = start_run(cfg)
     env = SeedEnvs([MultiTaskEnv(cfg.env, cfg.seed + i) if not workers else make_envs(cfg.env, cfg.seed + i, workers)
@@ -374,23 +384,33 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int =
     replay = TaskReplay(seeds * T, steps + 1, env.obs_dim, env.act_dim, device)
     tasks = torch.arange(T, device=device)
     obs, t_env, t_update = env.reset(seed=[cfg.seed + i for i in range(seeds)]), 0.0, 0.0
+
+    def timed_update() -> float:
+        start = time.perf_counter()
+        metrics = update(group.batch(replay.sample(cfg.train.batch_per_task)))
+        metrics["critic_loss"].sum().item()  # wait for the device
+        return time.perf_counter() - start
     for _ in range(steps):
         with torch.no_grad(), one_thread(device):
             x = torch.as_tensor(obs, device=device).view(seeds, T, -1)
             action = squashed_sample(*nets.actor(x, tasks, True))[0].reshape(seeds * T, -1).cpu().numpy()
         start = time.perf_counter()
-        next_obs, reward, terminated, over, _ = env.step(action)
+        env.step_async(action)
+        t_env += time.perf_counter() - start
+        if overlap and replay.size:
+            t_update += timed_update()
+        start = time.perf_counter()
+        next_obs, reward, terminated, over, _ = env.step_wait()
         t_env += time.perf_counter() - start
         replay.add(*(torch.as_tensor(x, device=device, dtype=torch.float32)
                      for x in (obs, action, reward, next_obs, terminated)))
         obs = env.reset() if over else next_obs
-        start = time.perf_counter()
-        metrics = update(group.batch(replay.sample(cfg.train.batch_per_task)))
-        metrics["critic_loss"].sum().item()  # wait for the device
-        t_update += time.perf_counter() - start
+        if not overlap:
+            t_update += timed_update()
     env.close()
-    return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "env_workers": workers, "device": str(device),
-            "cuda_graph": isinstance(update, GraphedUpdate),
-            "env_steps_per_s": steps * seeds * T / t_env, "updates_per_s": steps / t_update,
+    updates = steps - 1 if overlap else steps
+    return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "env_workers": workers, "overlap": overlap,
+            "device": str(device), "cuda_graph": isinstance(update, GraphedUpdate),
+            "env_steps_per_s": steps * seeds * T / t_env, "updates_per_s": updates / t_update,
             "steps_per_s": steps / (t_env + t_update), "seed_steps_per_s": seeds * steps / (t_env + t_update),
             "env_share": t_env / (t_env + t_update), "update_share": t_update / (t_env + t_update)}

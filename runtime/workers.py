@@ -4,8 +4,9 @@ tasks than workers: MultiTaskEnv's interface, and exactly its transitions for th
 Each worker builds its tasks' environments as Meta-World's own vector env builds them (one benchmark
 sampled from the seed in the parent, each task's environment from it), so the workers together hold the
 same environments a MultiTaskEnv holds. A step sends every worker its actions first and then collects,
-so the workers step in parallel. Workers ignore SIGINT (the run checkpoints and stops them), exit when
-the run's process is gone, and a worker that dies or raises is one EnvError naming its tasks.
+so the workers step in parallel; `step_async`/`step_wait` let the run update its networks meanwhile.
+Workers ignore SIGINT (the run checkpoints and stops them), exit when the run's process is gone, and a
+worker that dies or raises is one EnvError naming its tasks.
 """
 from __future__ import annotations
 
@@ -129,12 +130,15 @@ class WorkerEnvs:
         tasks = ", ".join(self.names[i] for i in self.slices[k])
         return EnvError(f"environment worker {k} ({tasks}) failed: {why}")
 
-    def _command(self, command: str, args: list | None = None) -> list:
+    def _send(self, command: str, args: list | None = None) -> None:
         for k, conn in enumerate(self.conns):
             try:
                 conn.send((command, None if args is None else args[k]))
             except (BrokenPipeError, OSError):
                 raise self._died(k, "its pipe is closed") from None
+
+    def _command(self, command: str, args: list | None = None) -> list:
+        self._send(command, args)
         return self._gather()
 
     def reset(self, seed: int | None = None) -> np.ndarray:
@@ -142,7 +146,16 @@ class WorkerEnvs:
 
     def step(self, action: np.ndarray):
         """-> next obs, reward, terminated, episode over (all tasks), success; as MultiTaskEnv.step."""
-        parts = self._command("step", [action[s] for s in self.slices])
+        self.step_async(action)
+        return self.step_wait()
+
+    def step_async(self, action: np.ndarray) -> None:
+        """Start a step and return at once: the workers step while this process does something else."""
+        self._send("step", [action[s] for s in self.slices])
+
+    def step_wait(self):
+        """The step `step_async` started, as `step` returns it."""
+        parts = self._gather()
         obs, reward, terminated, truncated, success = (np.concatenate(x) for x in zip(*parts))
         done = bool(np.all(terminated | truncated))
         return obs.astype(np.float32), reward.astype(np.float32), terminated, done, success.astype(bool)

@@ -44,6 +44,19 @@ def test_sac_learns_point_mass(tmp_path, seed):
     assert final_success(run) >= 0.9
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sac_learns_point_mass_with_the_update_overlapping_the_step(tmp_path, seed):
+    """--overlap: each update runs while the environments step, on the replay without the newest step; it learns
+    as well, and it is a different run, not the same one under another name."""
+    run = train(point_mass_config(tmp_path / "run", steps=2400, seed=seed, overlap=True), quiet=True,
+                make_env=PointMass)
+    assert final_success(run) >= 0.9
+    short = [train(point_mass_config(tmp_path / f"short-{o}", steps=330, seed=seed, overlap=o), quiet=True,
+                   make_env=PointMass) for o in (False, True)]
+    a, b = (torch.load(r / "checkpoints" / "latest.pt", weights_only=False)["nets"] for r in short)
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_untrained_policy_fails_point_mass(tmp_path):
     """The threshold above means something: before learning, the policy does not reach the goals."""
     run = train(point_mass_config(tmp_path / "run", steps=300, eval_every=300), quiet=True, make_env=PointMass)
@@ -74,13 +87,17 @@ def logged_steps(run_dir: Path) -> tuple[list[int], list[int]]:
     return csv_steps, [e.step for e in events.Scalars("eval/success_mean")]
 
 
-def test_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_resume_equals_uninterrupted_run(tmp_path, overlap):
     """Interrupted at 600 and resumed to 900, a run ends in the state the uninterrupted run ends in, every bit of
-    it, having stepped 300 more, not 900 again: what a resume that started over would also end in."""
-    straight = train(point_mass_config(tmp_path / "a", steps=900, save_replay=True), quiet=True, make_env=PointMass)
-    first = train(point_mass_config(tmp_path / "b", steps=600, save_replay=True), quiet=True, make_env=PointMass)
+    it, having stepped 300 more, not 900 again: what a resume that started over would also end in. With the
+    update overlapping the step, too."""
+    straight = train(point_mass_config(tmp_path / "a", steps=900, save_replay=True, overlap=overlap), quiet=True,
+                     make_env=PointMass)
+    first = train(point_mass_config(tmp_path / "b", steps=600, save_replay=True, overlap=overlap), quiet=True,
+                  make_env=PointMass)
     envs: dict[int, StepCounter] = {}
-    cfg = point_mass_config(first, steps=900, save_replay=True)
+    cfg = point_mass_config(first, steps=900, save_replay=True, overlap=overlap)
     resumed = train(cfg, resume=True, quiet=True, make_env=lambda seed: envs.setdefault(seed, StepCounter(seed)))
     assert envs[cfg.seed].steps == 300
     assert logged_steps(straight) == ([900], [900]) and logged_steps(resumed) == ([600, 900], [600, 900])
