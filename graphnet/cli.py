@@ -128,8 +128,10 @@ def _run_config(args):
     out = args.out or Path("runs") / f"{Path(spec.path).stem}-{env.replace(':', '-')}-{seeds}"
     fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "seeds", "env_workers", "eval_every",
                                             "eval_episodes", "checkpoint_every", "warmup", "device", "threads",
-                                            "save_replay", "cuda_graph", "overlap")
+                                            "save_replay", "cuda_graph", "overlap", "eval_protocol")
               if getattr(args, k, None) is not None}
+    if fields.get("eval_protocol") == "metaworld":
+        fields.setdefault("eval_episodes", 50)
     return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=_train_section(spec, args),
                      **fields)
 
@@ -391,6 +393,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--env-workers", type=int, metavar="N",
                    help="processes stepping the environments (0: this one; default: none up to 4 cores, else one "
                         "per task up to half the cores)")
+    p.add_argument("--eval-protocol", choices=["graphnet", "metaworld"],
+                   help="graphnet's evaluation (default) or Meta-World's own (metaworld.evaluation; then "
+                        "--eval-episodes defaults to its 50)")
     p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                    help="update while the environments step, on a replay one step older (default: with env workers)")
     p.add_argument("--out", help="run directory (default runs/<spec>-<env>-s<seed>)")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
 
@@ -21,6 +22,7 @@ class RunConfig(BaseModel):
     out: Path
     eval_every: PositiveInt = 10_000
     eval_episodes: PositiveInt = 10
+    eval_protocol: Literal["graphnet", "metaworld"] = "graphnet"   # metaworld: metaworld.evaluation's
     checkpoint_every: PositiveInt = 50_000
     save_replay: bool = False
     warmup: int = Field(1_500, ge=0)      # steps per task of uniform random actions before learning

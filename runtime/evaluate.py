@@ -1,11 +1,14 @@
 """Success rate per task with the deterministic policy; success = success at any step of an episode."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
+from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 
-from .envs import MultiTaskEnv, SeedEnvs
+from .envs import MultiTaskEnv, SeedEnvs, task_names
 
 
 def evaluate(policy: Callable[[np.ndarray], np.ndarray], env: MultiTaskEnv | SeedEnvs, episodes: int,
@@ -24,3 +27,41 @@ def evaluate(policy: Callable[[np.ndarray], np.ndarray], env: MultiTaskEnv | See
         successes = hit.astype(float) if successes is None else successes + hit
     assert successes is not None, "episodes >= 1 (RunConfig)"
     return successes / episodes
+
+
+class MetaWorldEvaluation:
+    """Meta-World's own protocol (`metaworld.evaluation.evaluation`): its vector env, autoreset, episodes ended
+    at success, run until every task has `episodes` of them (the benchmark's 50 by default). Built once and
+    reseeded before each evaluation, so results depend on the policy only; in worker processes (gymnasium's
+    async vector env, one per task) when `workers`."""
+
+    def __init__(self, env: str, seed: int, workers: bool = False):
+        import gymnasium as gym
+        self.names, self.seed = task_names(env), seed
+        strategy = "async" if workers else "sync"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if env.startswith("MT1:"):   # one environment, vectorized by gymnasium: the protocol's autoreset asked
+                self.vec = gym.make_vec("Meta-World/MT1", env_name=env[4:], seed=seed, vectorization_mode=strategy,
+                                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+            else:
+                self.vec = gym.make_vec(f"Meta-World/{env}", seed=seed, vector_strategy=strategy)
+
+    def __call__(self, policy: Callable[[np.ndarray], np.ndarray], episodes: int) -> np.ndarray:
+        """Success rate per task, in the benchmark's task order."""
+        from metaworld.evaluation import evaluation
+
+        class Agent:
+            def eval_action(self, obs: np.ndarray) -> np.ndarray:
+                return policy(obs.astype(np.float32))
+
+            def reset(self, env_mask: np.ndarray) -> None:
+                pass
+        self.vec.reset(seed=self.seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            per_task = evaluation(Agent(), cast(SyncVectorEnv | AsyncVectorEnv, self.vec), num_episodes=episodes)[2]
+        return np.array([per_task[n] for n in self.names])
+
+    def close(self) -> None:
+        self.vec.close()

@@ -30,7 +30,7 @@ from ..train_config import TAPER
 from . import checkpoint
 from .config import RunConfig
 from .envs import MultiTaskEnv, SeedEnvs, default_workers, make_envs, task_names
-from .evaluate import evaluate
+from .evaluate import MetaWorldEvaluation, evaluate
 from .graphed import GraphedUpdate, graph_blocker
 from .logs import RunLog, versions, write_json
 from .prioritized import TaskSumTrees
@@ -128,7 +128,11 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     per_seed = -(-workers // len(runs))
     make_env = make_env or (lambda seed: make_envs(cfg.env, seed, per_seed))
     env = SeedEnvs([make_env(r.seed) for r in runs])
-    eval_env = SeedEnvs([make_env(r.seed + 1_000_003) for r in runs])
+    if cfg.eval_protocol == "metaworld":
+        eval_env: SeedEnvs | list[MetaWorldEvaluation] = [MetaWorldEvaluation(cfg.env, r.seed + 1_000_003, workers > 0)
+                                                          for r in runs]
+    else:
+        eval_env = SeedEnvs([make_env(r.seed + 1_000_003) for r in runs])
     spec = check(cfg, resume, graphnet.Sizes(obs=env.obs_dim, act=env.act_dim, tasks=env.num_tasks))
     if resume and saved is not None and saved["spec_hash"] != spec.hash:
         raise RunError(f"the spec changed since this run started (hash {saved['spec_hash']}, now {spec.hash})")
@@ -243,7 +247,8 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                     sampler.regroup(nets.bank_table.detach())
 
                 if step % cfg.eval_every == 0 or step == cfg.steps:
-                    evaluate_and_log(policy, eval_env, cfg, logs, [r.seed for r in runs], step, metrics, bar)
+                    evaluate_and_log(evaluate_all(eval_env, policy, cfg, [r.seed for r in runs]), logs, step,
+                                     metrics, bar)
                 if episode_over:
                     stop_if_nonfinite(sac, env.names, step, cfg.out)
                     obs, env_state, next_checkpoint = end_episode(env, step, next_checkpoint, cfg.checkpoint_every,
@@ -260,7 +265,8 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             for log in logs:
                 log.close()
             env.close()
-            eval_env.close()
+            for closing in eval_env if isinstance(eval_env, list) else [eval_env]:
+                closing.close()
     if stop:
         print(f"{stop[0]}: checkpoint written at step {step:,}; continue with: graphnet train --resume {cfg.out}")
     return cfg.out
@@ -325,12 +331,27 @@ def store(replay: TaskReplay, trees: TaskSumTrees | None, tasks: Tensor, *transi
         trees.add(tasks, torch.full((len(tasks),), slot, device=replay.device))
 
 
-def evaluate_and_log(policy: Callable[[np.ndarray, bool], np.ndarray], eval_env: SeedEnvs, cfg: RunConfig,
-                     logs: list[RunLog], seeds: list[int], step: int, metrics: dict[str, Tensor], bar: tqdm,
+def evaluate_all(eval_env: SeedEnvs | list[MetaWorldEvaluation], policy: Callable[[np.ndarray, bool], np.ndarray],
+                 cfg: RunConfig, seeds: list[int]) -> np.ndarray:
+    """Every seed's success rate per task (seed-major rows), by graphnet's evaluation or Meta-World's protocol
+    (one per seed: its rows filled in, the others zero)."""
+    if isinstance(eval_env, SeedEnvs):
+        return evaluate(lambda o: policy(o, True), eval_env, cfg.eval_episodes, seeds)
+    T, S = len(eval_env[0].names), len(eval_env)
+
+    def seed_policy(i: int) -> Callable[[np.ndarray], np.ndarray]:
+        def act(o: np.ndarray) -> np.ndarray:
+            rows = np.zeros((S * T, o.shape[1]), np.float32)
+            rows[i * T:(i + 1) * T] = o
+            return policy(rows, True)[i * T:(i + 1) * T]
+        return act
+    return np.concatenate([protocol(seed_policy(i), cfg.eval_episodes) for i, protocol in enumerate(eval_env)])
+
+
+def evaluate_and_log(success: np.ndarray, logs: list[RunLog], step: int, metrics: dict[str, Tensor], bar: tqdm,
                      extra: dict[str, float] | None = None) -> None:
-    """Evaluate every seed's policy and log each seed's success and training metrics (one value per seed)."""
-    success = evaluate(lambda o: policy(o, True), eval_env, cfg.eval_episodes, seeds)
-    T = eval_env.num_tasks
+    """Log each seed's success (`success` seed-major rows) and training metrics (one value per seed)."""
+    T = len(success) // len(logs)
     for i, log in enumerate(logs):
         log.evaluation(step, success[i * T:(i + 1) * T])
         log.scalars(step, {k: float(v[i].float().mean()) for k, v in metrics.items()} | (extra or {}))

@@ -69,7 +69,7 @@ from .prioritized import TaskSumTrees
 from .replay import TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
-from .train import (end_episode, evaluate_and_log, load_run_config, one_thread, sample_batch, start_run,
+from .train import (end_episode, evaluate_all, evaluate_and_log, load_run_config, one_thread, sample_batch, start_run,
                     stop_if_nonfinite, stop_signals, store)
 
 EXPLORE_STEPS = 20_000      # TaCo, Table VII: transfer-stage exploration steps n_e
@@ -468,7 +468,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                                           *(f"{v:.6f}" for v in (*space.w(beta)[0].tolist(), *beta.tolist()))])
                     explore_file.flush()
                 if step % cfg.eval_every == 0 or step == cfg.steps:
-                    evaluate_and_log(policy, eval_env, cfg, [log], [cfg.seed], step, metrics, bar,
+                    evaluate_and_log(evaluate_all(eval_env, policy, cfg, [cfg.seed]), [log], step, metrics, bar,
                                      {"w_norm": float(new_w(nets).detach().norm())})
                 if episode_over:
                     stop_if_nonfinite(sac, env.names, step, run_dir)
