@@ -345,7 +345,8 @@ def cmd_sweep(args) -> int:
                                             "warmup", "device", "save_replay", "cuda_graph")
               if getattr(args, k) is not None}
     train_updates = {k: getattr(args, k) for k in ("lr", "batch_per_task") if getattr(args, k) is not None}
-    points = plan(args.specs, grid, args.seeds, Path(args.output), _overrides(args.set), train_updates, **fields)
+    points = plan(args.specs, grid, args.seeds, Path(args.output), _overrides(args.set), train_updates,
+                  pack_seeds=args.pack_seeds, **fields)
     out = Path(args.output).resolve()
     variants = len(points) // args.seeds // len(args.specs)
     status = {s: sum(p.status == s for p in points) for s in ("start", "resume", "skip")}
@@ -555,6 +556,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, required=True, metavar="N", help="seeds 0..N-1 for every variant")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a param in every run (repeatable)")
     _run_args(p)
+    p.add_argument("--pack-seeds", action="store_true",
+                   help="train each variant's seeds as one group in one process (graphnet train --seeds), each "
+                        "in DIR/runs/<variant>__seeds/seed_<s>/; one job per variant, locally or on Ray")
     p.add_argument("--workers", type=int, metavar="N",
                    help="local pool size (default 1); each worker gets max(1, cores // N) torch threads")
     p.add_argument("--ray", metavar="ADDRESS|auto|local",

@@ -6,7 +6,9 @@ __...__s<seed>/, so `graphnet plot` and `graphnet train --resume` work on it. Ev
 before anything starts. Re-running a sweep into the same DIR resumes the runs whose latest checkpoint
 is short of `steps` and skips the finished ones.
 
-Runs go to a local pool of processes (`spawn`), or to Ray (`ray_address`): one remote task per run.
+Runs go to a local pool of processes (`spawn`), or to Ray (`ray_address`): one remote task per run, or
+with `--pack-seeds` one per variant, whose seeds train as one group (`graphnet train --seeds`), each seed
+in DIR/runs/<variant>__seeds/seed_<s>/.
 A failing run is reported with its error, run directory and log (DIR/logs/<run>.log) and does not
 stop the others. DIR/results.csv and DIR/results.md have one row per variant: the seeds finished, the
 final and the best mean success (mean ± standard error over seeds); DIR/curves.png draws one curve
@@ -57,6 +59,7 @@ class Point:
     cfg: RunConfig
     status: str = "start"         # start | resume | skip
     step: int = 0                 # the latest checkpoint's step
+    group: Path | None = None     # packed (--pack-seeds): the directory of the variant's group of seeds
 
     @property
     def variant_name(self) -> str:
@@ -103,11 +106,12 @@ class Row:
 # --- the grid and its checks ---------------------------------------------------------------------
 
 def plan(specs: list[str], vary: dict[str, list[Any]], seeds: int, out: Path, overrides: dict[str, Any] | None = None,
-         train_updates: dict[str, Any] | None = None, **fields: Any) -> list[Point]:
+         train_updates: dict[str, Any] | None = None, pack_seeds: bool = False, **fields: Any) -> list[Point]:
     """Every point of the grid, each checked (spec, params, env, run directory) with runtime.train.check.
     Raises SweepError naming every bad variant, before anything is started or written.
     `fields` are RunConfig fields (env, steps, eval_every, ...); `train_updates` replace values of each
-    spec's train section (lr, batch_per_task)."""
+    spec's train section (lr, batch_per_task). `pack_seeds`: a variant's seeds train as one group in one
+    process (`graphnet train --seeds`), each in DIR/runs/<variant>__seeds/seed_<s>/."""
     from .train import check, load_run_config
     overrides = dict(overrides or {})
     if not specs:
@@ -148,9 +152,13 @@ def plan(specs: list[str], vary: dict[str, list[Any]], seeds: int, out: Path, ov
             except (GraphnetError, ValidationError) as e:
                 problems.setdefault(_message(e), []).append(vname)
                 continue
+            group = out / "runs" / f"{vname}__seeds" if pack_seeds and seeds > 1 else None
+            mine: list[Point] = []
             for seed in range(seeds):
                 name = f"{vname}__s{seed}"
-                p = Point(name, stem, varied, seed, base.model_copy(update={"seed": seed, "out": out / "runs" / name}))
+                run_dir = out / "runs" / name if group is None else group / f"seed_{seed}"
+                p = Point(name, stem, varied, seed, base.model_copy(update={"seed": seed, "out": run_dir}),
+                          group=group)
                 try:
                     _status(p, load_run_config)
                     checked = check(p.cfg, resume=p.status != "start")
@@ -158,10 +166,48 @@ def plan(specs: list[str], vary: dict[str, list[Any]], seeds: int, out: Path, ov
                 except (GraphnetError, ValidationError) as e:
                     problems.setdefault(_message(e), []).append(name)
                     continue
-                points.append(p)
+                mine.append(p)
+            if mine and group is not None:   # the group as one run: what --seeds refuses, a packed sweep does too
+                try:
+                    check(group_config(mine), resume=any(p.status != "start" for p in mine))
+                except (GraphnetError, ValidationError) as e:
+                    problems.setdefault(_message(e) + " (--pack-seeds)", []).append(vname)
+                    continue
+            points += mine
     if problems:
         raise SweepError(_render(problems, variants, seeds))
     return points
+
+
+def group_config(points: list[Point]) -> RunConfig:
+    """The one run that trains a packed variant's seeds."""
+    assert points[0].group is not None, "a packed point"
+    return points[0].cfg.model_copy(update={"seeds": [p.seed for p in points], "out": points[0].group})
+
+
+@dataclass
+class Job:
+    """What one worker runs: a point's run, or a packed variant's group of seeds."""
+
+    points: list[Point]
+    cfg: RunConfig
+    resume: bool
+    log: str
+
+
+def jobs(points: list[Point], out: Path) -> list[Job]:
+    """One job per point to run; with packed seeds, one per variant with a seed to run (all its seeds train)."""
+    groups: dict[Path, list[Point]] = {}
+    for p in points:
+        if p.group is not None:
+            groups.setdefault(p.group, []).append(p)
+    out_jobs = [Job([p], p.cfg, p.status == "resume", _log(out, p.name)) for p in points
+                if p.group is None and p.status != "skip"]
+    for group, members in groups.items():
+        if any(p.status != "skip" for p in members):
+            out_jobs.append(Job(members, group_config(members), any(p.status != "start" for p in members),
+                                _log(out, group.name)))
+    return out_jobs
 
 
 def _message(e: Exception) -> str:
@@ -248,7 +294,7 @@ def run_one(cfg_json: str, resume: bool, log: str, threads: int, stop_file: str 
     from .train import train
     cfg = RunConfig.model_validate_json(cfg_json)
     if stop_file is not None and Path(stop_file).exists():
-        return {"ok": True, "started": False, "step": checkpoint_step(cfg.out)}
+        return {"ok": True, "started": False}
     torch.set_num_threads(max(1, threads))
     resume = resume or (cfg.out / "config.json").is_file()        # a retried task continues its run
     start = time.perf_counter()
@@ -272,7 +318,7 @@ def run_one(cfg_json: str, resume: bool, log: str, threads: int, stop_file: str 
         finished.set()
         if main_thread:
             signal.signal(signal.SIGINT, previous)
-    return {"ok": True, "step": checkpoint_step(cfg.out), "seconds": time.perf_counter() - start}
+    return {"ok": True, "seconds": time.perf_counter() - start}
 
 
 def _watch(stop_file: Path, finished: threading.Event) -> None:
@@ -284,9 +330,11 @@ def _watch(stop_file: Path, finished: threading.Event) -> None:
             _thread.interrupt_main(signal.SIGINT)
 
 
-def _outcome(p: Point, result: dict, log: Path) -> Outcome:
-    return Outcome(p, result["ok"], result.get("step", 0), result.get("seconds", 0.0), result.get("error", ""),
-                   str(log), result.get("started", True))
+def _report(job: Job, result: dict, on_done: Callable[[Outcome], None]) -> None:
+    """An outcome per point of a finished job, each with its run's latest checkpoint step."""
+    for p in job.points:
+        on_done(Outcome(p, result["ok"], checkpoint_step(p.cfg.out), result.get("seconds", 0.0),
+                        result.get("error", ""), job.log, result.get("started", True)))
 
 
 def _ignore_sigint() -> None:
@@ -301,7 +349,7 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_local(points: list[Point], out: Path, workers: int, on_done: Callable[[Outcome], None],
+def run_local(todo: list[Job], out: Path, workers: int, on_done: Callable[[Outcome], None],
               stop: threading.Event, on_stop: Callable[[], None] = lambda: None) -> bool:
     """A pool of `workers` spawned processes; returns False when `stop` was set (Ctrl-C, SIGTERM): then runs not
     started are cancelled and running ones write a checkpoint and stop."""
@@ -309,8 +357,8 @@ def run_local(points: list[Point], out: Path, workers: int, on_done: Callable[[O
     threads = max(1, cores() // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_ignore_sigint)
-    futures = {pool.submit(run_one, p.cfg.model_dump_json(), p.status == "resume", _log(out, p), threads,
-                           str(out / STOP_FILE)): p for p in points}
+    futures = {pool.submit(run_one, job.cfg.model_dump_json(), job.resume, job.log, threads,
+                           str(out / STOP_FILE)): job for job in todo}
     pending = set(futures)
     try:
         while pending:
@@ -322,10 +370,9 @@ def run_local(points: list[Point], out: Path, workers: int, on_done: Callable[[O
                     fut.cancel()
             for fut in done | {f for f in pending if f.cancelled()}:
                 pending.discard(fut)
-                p = futures[fut]
                 result: dict[str, Any]
                 if fut.cancelled():
-                    result = {"ok": True, "started": False, "step": p.step}
+                    result = {"ok": True, "started": False}
                 else:
                     try:
                         result = fut.result()
@@ -333,14 +380,14 @@ def run_local(points: list[Point], out: Path, workers: int, on_done: Callable[[O
                         result = {"ok": False, "error": "its worker process died (killed? out of memory?)"}
                     except Exception as e:  # noqa: BLE001
                         result = {"ok": False, "error": f"{type(e).__name__}: {e}"}
-                on_done(_outcome(p, result, Path(_log(out, p))))
+                _report(futures[fut], result, on_done)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
     return not stop.is_set()
 
 
-def _log(out: Path, p: Point) -> str:
-    return str(out / "logs" / f"{p.name}.log")
+def _log(out: Path, name: str) -> str:
+    return str(out / "logs" / f"{name}.log")
 
 
 def import_ray():
@@ -366,27 +413,27 @@ def start_ray(address: str):
     return ray
 
 
-def run_ray(ray, points: list[Point], out: Path, cpus: float, gpus: float, on_done: Callable[[Outcome], None],
+def run_ray(ray, todo: list[Job], out: Path, cpus: float, gpus: float, on_done: Callable[[Outcome], None],
             stop: threading.Event, on_stop: Callable[[], None] = lambda: None) -> bool:
-    """One remote task per run (num_cpus `cpus`, num_gpus `gpus`); returns False when `stop` was set: then
+    """One remote task per job (num_cpus `cpus`, num_gpus `gpus`); returns False when `stop` was set: then
     running runs write a checkpoint and stop, and the others return without starting."""
     task = ray.remote(num_cpus=cpus, num_gpus=gpus)(run_one)
     threads = max(1, int(cpus))
-    refs = {task.remote(p.cfg.model_dump_json(), p.status == "resume", _log(out, p), threads,
-                        str(out / STOP_FILE)): p for p in points}
+    refs = {task.remote(job.cfg.model_dump_json(), job.resume, job.log, threads, str(out / STOP_FILE)): job
+            for job in todo}
     while refs:
         done, _ = ray.wait(list(refs), num_returns=1, timeout=1)
         if stop.is_set() and not (out / STOP_FILE).exists():
             (out / STOP_FILE).touch()
             on_stop()
         for ref in done:
-            p = refs.pop(ref)
+            job = refs.pop(ref)
             try:
                 result = ray.get(ref)
             except Exception as e:  # noqa: BLE001 - a crashed worker or node
                 first = str(e).strip().splitlines()[0] if str(e).strip() else ""
                 result = {"ok": False, "error": f"{type(e).__name__}: {first}"}
-            on_done(_outcome(p, result, Path(_log(out, p))))
+            _report(job, result, on_done)
     return not stop.is_set()
 
 
@@ -459,7 +506,9 @@ def sweep(points: list[Point], out: Path, workers: int = 1, ray_address: str | N
     """Run the points not yet finished (checked by `plan`), then write the results. Returns the outcomes
     of the runs started or resumed, the results rows, and whether it ran to the end (not interrupted)."""
     out = Path(out).resolve()
-    todo = [p for p in points if p.status != "skip"]
+    work = jobs(points, out)
+    todo = [p for job in work for p in job.points]
+    packed = f" in {len(work)} process{'es' * (len(work) > 1)} (seeds packed)" if len(work) < len(todo) else ""
     if ray_address and todo:
         import_ray()                  # missing: say so before anything else
     for p in points:
@@ -478,12 +527,12 @@ def sweep(points: list[Point], out: Path, workers: int = 1, ray_address: str | N
         (out / STOP_FILE).unlink(missing_ok=True)          # left by a sweep that was killed
         if ray is not None:
             where = f"Ray at {ray_address}" + (f" ({LOCAL_RAY['num_cpus']} CPUs)" if ray_address == "local" else "")
-            echo(f"running {len(todo)} run{'s' * (len(todo) > 1)} on {where}, {cpus_per_run:g} CPU"
+            echo(f"running {len(todo)} run{'s' * (len(todo) > 1)}{packed} on {where}, {cpus_per_run:g} CPU"
                  + (f" and {gpus_per_run:g} GPU" if gpus_per_run else "") + " each")
         else:
-            workers = max(1, min(workers, len(todo)))
+            workers = max(1, min(workers, len(work)))
             threads = max(1, cores() // workers)
-            echo(f"running {len(todo)} run{'s' * (len(todo) > 1)}: a local pool of {workers} worker"
+            echo(f"running {len(todo)} run{'s' * (len(todo) > 1)}{packed}: a local pool of {workers} worker"
                  f"{'s' * (workers > 1)}, {threads} torch thread{'s' * (threads > 1)} each")
 
         def on_done(o: Outcome) -> None:
@@ -508,8 +557,8 @@ def sweep(points: list[Point], out: Path, workers: int = 1, ray_address: str | N
         def on_stop() -> None:
             echo("interrupted: runs not started are cancelled, running ones write a checkpoint and stop")
         try:
-            completed = (run_ray(ray, todo, out, cpus_per_run, gpus_per_run, on_done, stop, on_stop)
-                         if ray is not None else run_local(todo, out, workers, on_done, stop, on_stop))
+            completed = (run_ray(ray, work, out, cpus_per_run, gpus_per_run, on_done, stop, on_stop)
+                         if ray is not None else run_local(work, out, workers, on_done, stop, on_stop))
         finally:
             (out / STOP_FILE).unlink(missing_ok=True)
             for s, h in handlers.items():

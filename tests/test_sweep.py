@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from graphnet import _spec
 from graphnet.cli import main
 from graphnet.runtime.sweep import checkpoint_step, plan, results
 from graphnet.runtime.train import train
@@ -200,6 +202,12 @@ def test_ray_sweep_gives_the_same_table(tmp_path, capsys):
     assert header(out) == HEADER
     assert [(r["spec"], r["H"], r["seeds"]) for r in table(out)] == [("mtsac", "16", "2")]
     assert len((out / "results.md").read_text().splitlines()) == 3 and is_png(out / "curves.png")
+    packed = tmp_path / "packed"   # the seeds as one Ray task, the same table
+    assert main(["sweep", "mtsac", "--vary", "H=16", "--seeds", "2", *TINY, "--ray", "local", "--pack-seeds",
+                 "-o", str(packed)]) == 0
+    assert "running 2 runs in 1 process (seeds packed) on Ray" in capsys.readouterr().out
+    assert all(checkpoint_step(packed / "runs" / "mtsac__H-16__seeds" / f"seed_{s}") == 30 for s in (0, 1))
+    assert [(r["spec"], r["H"], r["seeds"]) for r in table(packed)] == [("mtsac", "16", "2")]
 
 
 def test_ray_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
@@ -208,3 +216,35 @@ def test_ray_missing_is_a_clear_error(tmp_path, capsys, monkeypatch):
     assert main(["sweep", "mtsac", "--seeds", "1", *TINY, "--ray", "auto", "-o", str(out)]) == 2
     assert "pip install graphnet-rl[ray]" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_packed_seeds_train_as_one_group_per_variant_and_resume(tmp_path, capsys):
+    """--pack-seeds: one process per variant trains its seeds as a group (graphnet train --seeds); every seed
+    still gets its own run directory, its row in the table, and is skipped once finished."""
+    out = tmp_path / "sweep"
+    args = ["sweep", "mtsac", "--vary", "H=16,24", "--seeds", "2", *TINY, "--pack-seeds", "--workers", "2",
+            "-o", str(out)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "running 4 runs in 2 processes (seeds packed): a local pool of 2 workers" in printed
+    assert printed.count(" done    ") == 4
+    groups = sorted(p.name for p in (out / "runs").iterdir())
+    assert groups == ["mtsac__H-16__seeds", "mtsac__H-24__seeds"]
+    for group in groups:
+        assert sorted(p.name for p in (out / "runs" / group).iterdir() if p.is_dir()) == ["seed_0", "seed_1"]
+        for seed in (0, 1):
+            run = out / "runs" / group / f"seed_{seed}"
+            assert checkpoint_step(run) == 30
+            assert torch.load(run / "checkpoints" / "latest.pt", weights_only=False)["group"]["seeds"] == [0, 1]
+    assert [(r["spec"], r["H"], r["seeds"]) for r in table(out)] == [("mtsac", "16", "2"), ("mtsac", "24", "2")]
+    assert main(args) == 0
+    assert "(0 to start, 0 to resume, 4 finished: skipped)" in capsys.readouterr().out
+
+
+def test_packed_seeds_refuse_a_per_seed_task_layout(tmp_path, capsys):
+    spec = tmp_path / "taper.gn"
+    spec.write_text((_spec.library_dir() / "mtsac.gn").read_text() + "\ntrain {\n  replay = taper()\n}\n")
+    assert main(["sweep", str(spec), "--seeds", "2", *TINY, "--pack-seeds", "-o", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "--seeds trains the seeds' updates as one" in err and "(--pack-seeds)" in err
+    assert not (tmp_path / "s").exists()
