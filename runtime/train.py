@@ -148,8 +148,9 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     taper = cfg.train.replay if isinstance(cfg.train.replay, TAPER) else None        # one seed only (check)
     trees = TaskSumTrees.from_config(taper, T, replay.capacity, device) if taper else None
     sampler = TaskSampler(T, cfg.train.sampling, device)
-    tasks, rows = torch.arange(T, device=device), torch.arange(S * T, device=device)
-    step, refill_until, env_state, metrics = 0, 0, None, {}
+    tasks = torch.arange(T, device=device)
+    step, refill_until, env_state = 0, 0, None
+    metrics: dict[str, Tensor] = {}
 
     for r in ([cfg] if cfg.seeds else []) + runs:
         r.out.mkdir(parents=True, exist_ok=True)
@@ -224,7 +225,7 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             trees.update(batch.task, batch.index[0], out["td_error"][0] + taper.eps)
         return out
 
-    overlap = workers > 0 if cfg.overlap is None else cfg.overlap
+    stepper = Stepper(env, replay, trees, workers > 0 if cfg.overlap is None else cfg.overlap)
     bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=quiet, dynamic_ncols=True)
     next_checkpoint = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
     with stop_signals() as stop:
@@ -232,16 +233,10 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
         try:
             while step < cfg.steps and not stop:
                 action = env.random_actions(rngs) if step < cfg.warmup else policy(obs, deterministic=False)
-                env.step_async(action)
-                learn = step + 1 >= max(cfg.warmup, refill_until)
-                if overlap and learn and replay.size:   # while the environments step: a replay one step older
-                    metrics = learn_step()
-                next_obs, reward, terminated, episode_over, _ = env.step_wait()
-                store(replay, trees, rows, obs, action, reward, next_obs, terminated)
-                obs = next_obs
+                learn = learn_step if step + 1 >= max(cfg.warmup, refill_until) else None
+                obs, _, episode_over, learned = stepper(obs, action, learn)
+                metrics = learned if learned is not None else metrics
                 step += 1
-                if learn and not overlap:
-                    metrics = learn_step()
                 # taco sampling regroups by w: the spec check refuses it without a bank, and for a group
                 if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
                     sampler.regroup(nets.bank_table.detach())
@@ -261,15 +256,45 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             raise RunError(f"{e}\ncheckpoint written at step {step:,}; continue with: graphnet train --resume "
                            f"{cfg.out} (the environments start a fresh episode there)") from None
         finally:
-            bar.close()
-            for log in logs:
-                log.close()
-            env.close()
-            for closing in eval_env if isinstance(eval_env, list) else [eval_env]:
-                closing.close()
+            close_all(bar, *logs, env, *(eval_env if isinstance(eval_env, list) else [eval_env]))
     if stop:
         print(f"{stop[0]}: checkpoint written at step {step:,}; continue with: graphnet train --resume {cfg.out}")
     return cfg.out
+
+
+class Stepper:
+    """One vector step of any run (train, transfer, bench --train): step the environments with the actions,
+    store the transition, and learn, after the step or, with `overlap`, while the environments step (on the
+    replay one step older: the newest transition is stored after)."""
+
+    def __init__(self, env: SeedEnvs, replay: TaskReplay, trees: TaskSumTrees | None, overlap: bool):
+        self.env, self.replay, self.trees, self.overlap = env, replay, trees, overlap
+        self.rows = torch.arange(replay.num_tasks, device=replay.device)
+
+    def __call__(self, obs: np.ndarray, action: np.ndarray, learn: Callable[[], dict[str, Tensor]] | None
+                 ) -> tuple[np.ndarray, np.ndarray, bool, dict[str, Tensor] | None]:
+        """-> next obs, reward, whether the episode is over, and the update's metrics (None: no update)."""
+        metrics = None
+        self.env.step_async(action)
+        if learn is not None and self.overlap and self.replay.size:
+            metrics = learn()
+        next_obs, reward, terminated, over, _ = self.env.step_wait()
+        store(self.replay, self.trees, self.rows, obs, action, reward, next_obs, terminated)
+        if learn is not None and not self.overlap:
+            metrics = learn()
+        return next_obs, reward, over, metrics
+
+
+def close_all(*things) -> None:
+    """Close every environment, log and file of a run, each even where one before it fails."""
+    errors = []
+    for thing in things:
+        try:
+            thing.close()
+        except Exception as e:  # noqa: BLE001 - the first one is raised after the rest are closed
+            errors.append(e)
+    if errors:
+        raise errors[0]
 
 
 def stop_if_nonfinite(sac: SAC, names: list[str], step: int, run_dir: Path) -> None:
@@ -404,30 +429,25 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int =
     update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)
     replay = TaskReplay(seeds * T, steps + 1, env.obs_dim, env.act_dim, device)
     tasks = torch.arange(T, device=device)
-    obs, t_env, t_update = env.reset(seed=[cfg.seed + i for i in range(seeds)]), 0.0, 0.0
+    obs, t_all, t_update = env.reset(seed=[cfg.seed + i for i in range(seeds)]), 0.0, 0.0
+    stepper = Stepper(env, replay, None, overlap)
 
-    def timed_update() -> float:
+    def timed_update() -> dict[str, Tensor]:
+        nonlocal t_update
         start = time.perf_counter()
         metrics = update(group.batch(replay.sample(cfg.train.batch_per_task)))
         metrics["critic_loss"].sum().item()  # wait for the device
-        return time.perf_counter() - start
+        t_update += time.perf_counter() - start
+        return metrics
     for _ in range(steps):
         with torch.no_grad(), one_thread(device):
             x = torch.as_tensor(obs, device=device).view(seeds, T, -1)
             action = squashed_sample(*nets.actor(x, tasks, True))[0].reshape(seeds * T, -1).cpu().numpy()
         start = time.perf_counter()
-        env.step_async(action)
-        t_env += time.perf_counter() - start
-        if overlap and replay.size:
-            t_update += timed_update()
-        start = time.perf_counter()
-        next_obs, reward, terminated, over, _ = env.step_wait()
-        t_env += time.perf_counter() - start
-        replay.add(*(torch.as_tensor(x, device=device, dtype=torch.float32)
-                     for x in (obs, action, reward, next_obs, terminated)))
-        obs = env.reset() if over else next_obs
-        if not overlap:
-            t_update += timed_update()
+        obs, _, over, _ = stepper(obs, action, timed_update)
+        t_all += time.perf_counter() - start
+        obs = env.reset() if over else obs
+    t_env = t_all - t_update
     env.close()
     updates = steps - 1 if overlap else steps
     return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "env_workers": workers, "overlap": overlap,

@@ -69,8 +69,8 @@ from .prioritized import TaskSumTrees
 from .replay import TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
-from .train import (end_episode, evaluate_all, evaluate_and_log, load_run_config, one_thread, sample_batch, start_run,
-                    stop_if_nonfinite, stop_signals, store)
+from .train import (Stepper, close_all, end_episode, evaluate_all, evaluate_and_log, load_run_config, one_thread,
+                    sample_batch, start_run, stop_if_nonfinite, stop_signals)
 
 EXPLORE_STEPS = 20_000      # TaCo, Table VII: transfer-stage exploration steps n_e
 NO_BANK = "transfer reuses the policy parameter set Phi: the spec needs bank(K) layers"
@@ -423,7 +423,8 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
             action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
         return action.cpu().numpy()
 
-    step, env_state, metrics, episode = 0, None, {}, 0
+    step, env_state, episode = 0, None, 0
+    metrics: dict[str, Tensor] = {}
 
     def save(env_state: list | None) -> None:
         checkpoint.save(run_dir, {
@@ -432,6 +433,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
             "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
             "env_state": env_state, "transfer": meta})
 
+    stepper = Stepper(env, replay, trees, overlap=False)   # its environments are in this process
     bar = tqdm(total=cfg.steps, unit="step", disable=quiet, dynamic_ncols=True)
     next_checkpoint = cfg.checkpoint_every
     obs = env.reset(seed=[cfg.seed])
@@ -451,16 +453,17 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                     meta["w_start"], meta["beta_start"] = new_w(nets)[0].tolist(), beta_start.tolist()
                     write_json(run_dir / "transfer.json", meta)
                 action = policy(obs, deterministic=False, point=point if exploring else None)
-                next_obs, reward, terminated, episode_over, _ = env.step(action)
-                store(replay, trees, tasks, obs, action, reward, next_obs, terminated)
-                obs = next_obs
+
+                def learn(exploring: bool = exploring) -> dict[str, Tensor]:   # exploring: value and temperature
+                    batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
+                    out = sac.update(batch.with_seed_dim(), actor=not exploring)
+                    if trees is not None and taper is not None:
+                        trees.update(batch.task, batch.index, out["td_error"][0] + taper.eps)
+                    return out
+                obs, reward, episode_over, learned = stepper(obs, action, learn)
+                metrics = learned if learned is not None else metrics
                 step += 1
                 episode_return += float(reward[0]) if exploring else 0.0
-
-                batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
-                metrics = sac.update(batch.with_seed_dim(), actor=not exploring)   # exploring: value function and
-                if trees is not None and taper is not None:                         # temperature only
-                    trees.update(batch.task, batch.index, metrics["td_error"][0] + taper.eps)
 
                 if exploring and (episode_over or step == cfg.warmup):
                     best = max(best, (episode_return / (step - episode_start), beta), key=lambda b: b[0])
@@ -481,11 +484,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                 bar.update(1)
             save(env_state)
         finally:
-            bar.close()
-            log.close()
-            explore_file.close()
-            env.close()
-            eval_env.close()
+            close_all(bar, log, explore_file, env, eval_env)
     if stop:
         print(f"{stop[0]}: checkpoint written at step {step:,} (transfer runs do not resume)")
     return run_dir

@@ -134,8 +134,9 @@ class WorkerEnvs:
         for k, conn in enumerate(self.conns):
             try:
                 conn.send((command, None if args is None else args[k]))
-            except (BrokenPipeError, OSError):
-                raise self._died(k, "its pipe is closed") from None
+            except (BrokenPipeError, OSError):   # the worker is gone
+                self.procs[k].join(5)
+                raise self._died(k, f"exit code {self.procs[k].exitcode}") from None
 
     def _command(self, command: str, args: list | None = None) -> list:
         self._send(command, args)

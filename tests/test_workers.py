@@ -55,11 +55,11 @@ class DiesAt(WorkerEnvs):
         super().__init__("MT1:reach-v3", seed, workers=1)
         self.steps, self.pids = 0, [p.pid for p in self.procs]
 
-    def step(self, action):
+    def step_async(self, action):
         self.steps += 1
         if self.steps == self.at:
             os.kill(self.pids[0], signal.SIGKILL)
-        return super().step(action)
+        super().step_async(action)
 
 
 def test_a_worker_that_dies_is_one_error_with_a_checkpoint_and_leaves_no_process(tmp_path):
