@@ -5,6 +5,11 @@ environment, the config, the run directory. Checkpoints land at episode ends (ev
 random state is saved there), so a resumed run continues exactly; SIGINT/SIGTERM write a
 checkpoint before exiting. A run whose updates keep meeting NaN or inf stops at an episode end,
 before its next checkpoint, so the last one on disk stays the last good one.
+
+One loop trains one seed or a group of seeds as one agent (`--seeds`, runtime/seeds.py): every array of
+the loop holds the seeds' rows one after the other, and each seed writes a run directory of its own.
+The environments step in this process or in workers (`--env-workers`, runtime/workers.py), and the
+update runs after the step or during it (`--overlap`; Stepper, which transfer and bench --train use too).
 """
 from __future__ import annotations
 
