@@ -34,7 +34,8 @@ class SeedGroup:
             self.nets = build(spec, obs_dim, act_dim, num_tasks, device=device, seeds=len(singles))
         self._single = {k: v.shape for k, v in singles[0].state_dict().items()}
         self._group = {k: v.shape for k, v in self.nets.state_dict().items()}
-        self.nets.load_state_dict(self.stack_states([n.state_dict() for n in singles]))
+        if len(singles) > 1:
+            self.nets.load_state_dict(self.stack_states([n.state_dict() for n in singles]))
 
     @property
     def size(self) -> int:
@@ -61,6 +62,8 @@ class SeedGroup:
 
     def seed_optimizers(self, states: dict[str, dict], sac: SAC, i: int) -> dict[str, dict]:
         """Seed i's optimizer state_dicts, from the group's (Adam's step counts are the group's, one for all)."""
+        if self.size == 1:   # a single run's are its own: no copy of every Adam state at each checkpoint
+            return states
         out = {}
         for key, opt in sac.optimizers().items():
             shapes = self._param_shapes(opt)
@@ -71,6 +74,8 @@ class SeedGroup:
 
     def stack_optimizers(self, states: list[dict[str, dict]], sac: SAC) -> dict[str, dict]:
         """The group's optimizer state_dicts, from the seeds'."""
+        if self.size == 1:
+            return states[0]
         out = {}
         for key, opt in sac.optimizers().items():
             shapes, seeds = self._param_shapes(opt), [s[key] for s in states]
@@ -82,10 +87,14 @@ class SeedGroup:
 
     def seed_replay(self, state: dict, i: int) -> dict:
         """Seed i's replay state (a group's replay holds seed i's tasks at rows i*T..(i+1)*T-1)."""
+        if self.size == 1:   # a single run's replay as it is: no second copy of it while checkpointing
+            return state
         T = self.num_tasks
         return {k: v[i * T:(i + 1) * T].clone() if isinstance(v, Tensor) else v for k, v in state.items()}
 
     def stack_replays(self, states: list[dict]) -> dict:
+        if self.size == 1:
+            return states[0]
         return {k: torch.cat([s[k] for s in states]) if isinstance(v, Tensor) else v for k, v in states[0].items()}
 
     def batch(self, flat: Batch) -> Batch:
