@@ -3,29 +3,24 @@
 Values that depend on the task alone are computed once per task, on T rows (see task_rows)."""
 from __future__ import annotations
 
+import functools
 import operator
 import re
+from collections.abc import Callable
 from typing import cast
 
 import networkx as nx
-import torch
-import torch.nn.functional as F
 from torch import Tensor, fx, nn
 
+from .. import registry
+from ..errors import UserOpError
 from ..ir import OpNode
-from . import ops
-from .modules import ParamOp, TaskLayout, shared_input_linears
-from .task_rows import TASK_CONDITIONED, TASK_ONLY_SOURCES, per_task, to_samples
+from ..ops.basic import ADD
+from ..ops.ensemble import aligned
+from .modules import ParamOp, shared_input_linears
+from .task_rows import per_task, to_samples
 
-
-def onehot(layout: TaskLayout) -> Tensor:
-    """The task ids as one-hot features, `[1, B, T]`."""
-    return F.one_hot(layout.task, layout.num_tasks).to(torch.get_default_dtype()).unsqueeze(0)
-
-
-def lookup(table: Tensor, layout: TaskLayout) -> Tensor:
-    """Rows of a fixed per-task table (metadata embeddings), `[1, B, width]`."""
-    return table[layout.task].unsqueeze(0)
+STRUCTURE = ("input", "output")   # graph nodes that are not ops
 
 
 def features(x: Tensor) -> Tensor:
@@ -71,27 +66,28 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
         return sampled[node_id]
 
     nodes = trunk_nodes(g, out or g.graph["outputs"][role])
-    rows = (graph.create_node("call_function", per_task, (layout,), {}, name="tasks")   # the per-task layout
-            if any(n.op in TASK_ONLY_SOURCES for n in nodes) else None)
+    reads_task = any(n.op not in STRUCTURE and registry.get(n.op).reads_task for n in nodes)
+    rows = graph.create_node("call_function", per_task, (layout,), {}, name="tasks") if reads_task else None
     for n in nodes:
         name = re.sub(r"\W", "_", n.label or n.op)
-        if n.op == "output":
-            graph.output(at_samples(n.inputs[0]))
-            break
-        of_task = n.op in TASK_CONDITIONED and n.inputs[1] in task_only and n.inputs[0] not in task_only
-        if n.op in TASK_ONLY_SOURCES or (n.op != "input" and n.inputs and all(i in task_only for i in n.inputs)):
-            task_only.add(n.id)
-            args, this_layout = [values[i] for i in n.inputs], rows
-        else:   # FiLM or affine of a task-only z reads z's rows itself (TASK_CONDITIONED)
-            args, this_layout = [at_samples(i) for i in n.inputs[:1 if of_task else None]], layout
 
         def emit(kind: str, target, arguments: tuple, kwargs: dict | None = None, name: str = name) -> fx.Node:
             return graph.create_node(kind, target, arguments, kwargs or {}, name=name)
 
+        if n.op == "output":
+            graph.output(at_samples(n.inputs[0]))
+            break
         if n.op == "input":
             source = n.attrs["name"]
             values[n.id] = layout if source == "task" else emit("call_function", features, (placeholders[source],))
             continue
+        op = registry.get(n.op)
+        of_task = op.task_rows is not None and n.inputs[1] in task_only and n.inputs[0] not in task_only
+        if op.reads_task or (n.inputs and all(i in task_only for i in n.inputs)):
+            task_only.add(n.id)
+            args, this_layout = [values[i] for i in n.inputs], rows
+        else:   # FiLM or affine of a task-only z reads z's rows itself (its task_rows)
+            args, this_layout = [at_samples(i) for i in n.inputs[:1 if of_task else None]], layout
         if n.module is not None and n.module not in names:
             names[n.module] = _unique(attr_name(n.module), root)
             root.add_module(names[n.module], op_modules[n.module])
@@ -99,21 +95,25 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
             assert n.module is not None, "FiLM and affine have parameters"
             coefficients = graph.create_node("call_module", names[n.module], (values[n.inputs[1]],),
                                              {"layout": rows, "part": "coefficients"}, name=f"{name}_coefficients")
-            values[n.id] = emit("call_function", TASK_CONDITIONED[n.op], (args[0], coefficients, layout))
+            values[n.id] = emit("call_function", op.task_rows, (args[0], coefficients, layout))
+        elif n.module is not None and op.source != "graphnet":
+            module = graph.create_node("get_attr", names[n.module], (), {})
+            ins = tuple(args) if not op.reads_task else ()
+            values[n.id] = emit("call_function", guarded_module, (module, *ins),
+                                {"layout": this_layout, "op": n.op, "at": str(n.pos), "width": n.width})
         elif n.module is not None:
-            ins = tuple(args) if n.op != "embed" else ()
+            ins = tuple(args) if not op.reads_task else ()
             values[n.id] = emit("call_module", names[n.module], ins, {"layout": this_layout})
-        elif n.op == "onehot":
-            values[n.id] = emit("call_function", onehot, (this_layout,))
-        elif n.op == "meta":
-            table = graph.create_node("get_attr", "task_metadata", (), {})
-            values[n.id] = emit("call_function", lookup, (table, this_layout))
-        elif n.op == "concat":
-            values[n.id] = emit("call_function", ops.cat, (args,))
-        elif n.op == "scale":
-            values[n.id] = emit("call_function", ops.scale, (args[0], n.attrs["factor"]))
+        elif op.reads_task:
+            table = {"metadata": graph.create_node("get_attr", "task_metadata", (), {})} if op.reads_metadata else {}
+            values[n.id] = emit("call_function", op.forward, (this_layout,), {**n.attrs, **table})
+        elif op.source != "graphnet":
+            values[n.id] = emit("call_function", guarded(op.forward), tuple(args),
+                                {**n.attrs, "op": n.op, "at": str(n.pos), "width": n.width})
+            values[n.id].meta["op"] = n.op
         else:
-            values[n.id] = emit("call_function", ops.STATELESS[n.op], tuple(args))
+            values[n.id] = emit("call_function", op.forward, tuple(args), dict(n.attrs))
+            values[n.id].meta["op"] = n.op
         values[n.id].meta["width"] = n.width
     if nodes[-1].op != "output":  # a feature: its own node is the result
         graph.output(at_samples(nodes[-1].id))
@@ -139,7 +139,7 @@ def in_place(graph: fx.Graph, root: nn.Module) -> None:
     def linear_output(node: object) -> bool:
         return isinstance(node, fx.Node) and len(node.users) == 1 and _linear(node, root) is not None
 
-    for add in [n for n in graph.nodes if n.target is torch.add]:
+    for add in [n for n in graph.nodes if n.target is ADD.forward]:
         a, b = add.args
         if a is b or not all(linear_output(x) and "accumulate" not in x.kwargs for x in (a, b)):
             continue
@@ -151,14 +151,21 @@ def in_place(graph: fx.Graph, root: nn.Module) -> None:
         add.replace_all_uses_with(fused)
         graph.erase_node(add)
         graph.erase_node(b)
-    for relu in [n for n in graph.nodes if n.target is torch.relu]:
-        if linear_output(relu.args[0]):
-            relu.target = torch.relu_
+    for node in list(graph.nodes):
+        op = _stateless_op(node)
+        if op is not None and op.in_place is not None and linear_output(node.args[0]):
+            node.target = op.in_place
 
 
-# ops that map zeros to zeros elementwise: a zero-padded width stays zero through them
-_ZERO_PRESERVING = {torch.relu, torch.relu_, torch.tanh, torch.add, torch.sub, torch.mul, F.gelu, F.elu, ops.scale,
-                    ops.detach}
+def _stateless_op(node: fx.Node) -> registry.OpDef | None:
+    """The parameter-free op a node applies (its forward, or its in-place form), or None."""
+    return registry.get(node.meta["op"]) if "op" in node.meta else None
+
+
+def _zero_preserving(node: fx.Node) -> bool:
+    """An elementwise op that maps zeros to zeros: a zero-padded width stays zero through it."""
+    op = _stateless_op(node)
+    return op is not None and op.zero_preserving
 
 
 def pad_widths(graph: fx.Graph, root: nn.Module, multiple: int = 8, least: int = 100) -> None:
@@ -183,16 +190,16 @@ def pad_widths(graph: fx.Graph, root: nn.Module, multiple: int = 8, least: int =
     tensors = [n for n in graph.nodes if "width" in n.meta]
     for n in tensors:
         tied = [a for a in n.args if isinstance(a, fx.Node) and a.meta.get("width") == n.meta["width"]]
-        if n.target in _ZERO_PRESERVING or (is_linear(n) and "accumulate" in n.kwargs):
+        if _zero_preserving(n) or (is_linear(n) and "accumulate" in n.kwargs):
             for a in tied + ([n.kwargs["accumulate"]] if "accumulate" in n.kwargs else []):
                 group[find(a)] = find(n)
 
     def reads_safely(user: fx.Node, n: fx.Node) -> bool:
-        return user.target in _ZERO_PRESERVING or (
+        return _zero_preserving(user) or (
             is_linear(user) and (user.args[0] is n or user.kwargs.get("accumulate") is n))
 
     blocked = {find(n) for n in tensors
-               if not (is_linear(n) or n.target in _ZERO_PRESERVING) or not all(reads_safely(u, n) for u in n.users)}
+               if not (is_linear(n) or _zero_preserving(n)) or not all(reads_safely(u, n) for u in n.users)}
     extra = {n: -n.meta["width"] % multiple for n in tensors
              if find(n) not in blocked and n.meta["width"] >= least}
     for n in [n for n in tensors if is_linear(n)]:
@@ -227,12 +234,49 @@ def shared_inputs(graph: fx.Graph, root: nn.Module) -> None:
             graph.erase_node(linear)
 
 
+def guarded_module(module: nn.Module, *xs: Tensor, op: str, at: str, width: int, **kwargs) -> Tensor:
+    """A user's parametric op: its output checked, its errors reported at the spec position that called it."""
+    return _checked(lambda: module(*xs, **kwargs), op, at, width)
+
+
+@functools.cache
+def guarded(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """A user's parameter-free op `fn`, checked as guarded_module checks a parametric one."""
+    def call(*xs: Tensor, op: str, at: str, width: int, **attrs) -> Tensor:
+        return _checked(lambda: fn(*xs, **attrs), op, at, width)
+    call.__name__ = call.__qualname__ = f"{fn.__name__.strip('_')}_checked"
+    return call
+
+
+def _checked(run: Callable[[], Tensor], op: str, at: str, width: int) -> Tensor:
+    try:
+        out = run()
+    except Exception as e:
+        file, line = registry.user_frame(e)
+        raise UserOpError(f"{at}: op '{op}' raised {type(e).__name__}: {e} (at {file}:{line})") from e
+    if not isinstance(out, Tensor) or out.dim() != 3 or out.shape[-1] != width:
+        got = f"shape {list(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+        raise UserOpError(f"{at}: op '{op}' returned {got}; it must return [ensemble, batch, {width}] (its width "
+                          "rule's width)")
+    return out
+
+
 def align_seeds(graph: fx.Graph) -> None:
     """In a group of seeds, a seed's value may meet its twin critics' (`[S, ...]` and `[2S, ...]`), which
-    torch's binary ops cannot broadcast: they become ops.SEED_ALIGNED's. A single agent keeps torch's."""
+    torch's broadcasting cannot pair: a parameter-free op of several inputs gets them aligned first. A single
+    agent's broadcast as torch does (an aligned copy costs an autograd node)."""
     for node in graph.nodes:
-        if node.op == "call_function" and node.target in ops.SEED_ALIGNED:
-            node.target = ops.SEED_ALIGNED[node.target]
+        if _stateless_op(node) is not None and len(node.args) > 1:
+            node.target = seed_aligned(cast(Callable, node.target))
+
+
+@functools.cache
+def seed_aligned(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """`fn` of its inputs on one ensemble size (ensemble.aligned)."""
+    def call(*xs: Tensor, **attrs) -> Tensor:
+        return fn(*aligned(*xs), **attrs)
+    call.__name__ = call.__qualname__ = f"{fn.__name__.strip('_')}_seed_aligned"
+    return call
 
 
 def _linear(node: fx.Node, root: nn.Module) -> ParamOp | None:
@@ -240,7 +284,7 @@ def _linear(node: fx.Node, root: nn.Module) -> ParamOp | None:
     if node.op != "call_module" or "part" in node.kwargs:
         return None
     module = _param_op(node, root)
-    return module if module.op == "linear" else None
+    return module if module.definition.dense_layer else None
 
 
 def _param_op(node: fx.Node, root: nn.Module) -> ParamOp:

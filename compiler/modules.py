@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import registry
 from ..ir import Module
-from . import ops
+from ..ops.ensemble import aligned, dense_map, init_, to_ensemble
 
 
 class TaskLayout:
@@ -60,37 +61,38 @@ class ParamOp(nn.Module):
                  identical: bool = False):
         super().__init__()
         self.op, self.attrs, self.sharing = module.op, dict(module.attrs), module.sharing
-        shapes = ops.param_shapes(module.op, module.attrs, module.widths)
+        self.definition = registry.get(module.op)   # held: another op file may later register the same name
         self.params = nn.ParameterDict()
-        for name, (shape, init, fan_in) in shapes.items():
-            p = torch.empty(ensemble, module.copies, *shape)
+        for name, shape in self.definition.shapes(module.widths, module.attrs).items():
+            p = torch.empty(ensemble, module.copies, *shape.shape)
             for e in range(ensemble):
                 for c in range(module.copies):
                     if identical and c > 0:
                         p[e, c] = p[e, 0]
                     else:
-                        ops.init_(p[e, c], init, fan_in)
+                        init_(p[e, c], shape.init, shape.fan_in)
             self.params[name] = nn.Parameter(p)
         self.table = bank_table  # one tensor shared by every bank module of actor and critic: [T, K], or [S, T, K]
 
     def forward(self, *xs: Tensor, layout: TaskLayout, part: str | None = None,
                 accumulate: Tensor | None = None, pad: tuple[int, int] = (0, 0)) -> Tensor:
-        """The op on `xs`; `part` names a piece of it instead (ops.PARTS), e.g. FiLM's coefficients.
+        """The op on `xs`; `part` names a piece of it instead (its definition's parts), e.g. FiLM's coefficients.
         `accumulate` (a linear's residual partner, a fresh tensor read nowhere else; see lower.py): the result
         is added into it, in place where this path allows (shared, or per task on a task-major batch).
         `pad` (a linear's): zero rows and columns appended to its weight (lower.pad_widths)."""
         p = self.padded(pad)
-        if self.op == "embed":
-            return p["table"][:, layout.task]
-        fn = ops.PARAMETRIC[self.op] if part is None else ops.PARTS[self.op][part]
+        op = self.definition
+        if op.reads_task:   # every copy, [E, copies, ...]: the op picks each sample's
+            return op.forward(p, layout=layout, **self.attrs)
+        fn = op.forward if part is None else op.parts[part]
         # a module of one copy (actor's, common) may read an ensemble's inputs, and the reverse: broadcast
         E = max(t.shape[0] for t in (*xs, *p.values()))
         one_matmul = self.sharing == "shared" or (self.sharing == "task" and layout.major)
-        if accumulate is not None and not (self.op == "linear" and one_matmul and accumulate.shape[0] == E
+        if accumulate is not None and not (op.dense_layer and one_matmul and accumulate.shape[0] == E
                                            and accumulate.is_contiguous()):
-            return ops.add(accumulate, self(*xs, layout=layout, part=part, pad=pad))
-        xs = tuple(ops.to_ensemble(x, E) for x in xs)
-        p = {k: ops.to_ensemble(v, E) for k, v in p.items()}
+            return torch.add(*aligned(accumulate, self(*xs, layout=layout, part=part, pad=pad)))
+        xs = tuple(to_ensemble(x, E) for x in xs)
+        p = {k: to_ensemble(v, E) for k, v in p.items()}
         if self.sharing == "shared":  # squeeze, not [:, 0]: a view whose backward writes no zeros
             into = {} if accumulate is None else {"accumulate": accumulate}
             return fn({k: v.squeeze(1) for k, v in p.items()}, *xs, **self.attrs, **into)
@@ -113,7 +115,7 @@ class ParamOp(nn.Module):
             # a linear's output (and its accumulate) reshaped as a tensor autograd does not track as a view: a
             # relu_ or accumulate on a view made autograd rebuild the whole base in backward (CopySlices: a
             # zeroed copy and a clone, ~1 ms a PaCo critic layer). Safe: a linear's backward never reads its output
-            reshape = _unsafe_reshape if self.op == "linear" else Tensor.reshape
+            reshape = _unsafe_reshape if self.definition.dense_layer else Tensor.reshape
             folded = [x.reshape(E * T, B // T, *x.shape[2:]) for x in xs]
             into = {} if accumulate is None else {"accumulate": reshape(accumulate, (E * T, B // T, -1))}
             out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs, **into)
@@ -125,13 +127,13 @@ class ParamOp(nn.Module):
         assert w is not None, "a bank module is built with its composition table"
         T, K = w.shape[-2:]
         B = xs[0].shape[1]
-        if self.op in ops.LINEAR_IN_PARAMS and B * K < T * K + B:
+        if self.definition.linear_in_params and B * K < T * K + B:
             E = xs[0].shape[0]
             folded = [x.unsqueeze(1).expand(E, K, *x.shape[1:]).reshape(E * K, *x.shape[1:]) for x in xs]
             out = fn({k: v.flatten(0, 1) for k, v in p.items()}, *folded, **self.attrs).view(E, K, B, -1)
             if w.dim() == 2:
                 return torch.einsum("ekbo,bk->ebo", out, w[layout.task])
-            return torch.einsum("ekbo,ebk->ebo", out, ops.to_ensemble(w, E)[:, layout.task])   # a seed's own w
+            return torch.einsum("ekbo,ebk->ebo", out, to_ensemble(w, E)[:, layout.task])   # a seed's own w
         # theta_t = sum_k w[t, k] Phi_k for every task, laid out [E, T, ...] for the task path. On CUDA one mm
         # over [K, E * P]: cuBLAS runs bmm's backward for w, [T, P] @ [P, K], without splitting P, and that
         # one kernel took 78 % of PaCo's update on an H100 (measured)
@@ -142,7 +144,7 @@ class ParamOp(nn.Module):
                 mixed = (w @ v.reshape(E, K, -1).transpose(0, 1).reshape(K, -1)).view(T, E, -1).transpose(0, 1)
                 composed[k] = mixed.reshape(E, T, *v.shape[2:])
             elif v.is_cuda:   # seeds: each its own w
-                composed[k] = torch.bmm(ops.to_ensemble(w, E), v.reshape(E, K, -1)).view(E, T, *v.shape[2:])
+                composed[k] = torch.bmm(to_ensemble(w, E), v.reshape(E, K, -1)).view(E, T, *v.shape[2:])
             else:
                 composed[k] = _Compose.apply(w, v)
         return self._per_task(fn, composed, xs, layout)
@@ -167,7 +169,7 @@ class _Compose(torch.autograd.Function):
     @staticmethod
     def forward(ctx, w: Tensor, phi: Tensor) -> Tensor:
         E, K, T = phi.shape[0], phi.shape[1], w.shape[-2]
-        w_batch = ops.to_ensemble(w if w.dim() == 3 else w.unsqueeze(0), E).contiguous()
+        w_batch = to_ensemble(w if w.dim() == 3 else w.unsqueeze(0), E).contiguous()
         ctx.save_for_backward(w_batch, phi)
         ctx.w_shape = w.shape
         return torch.bmm(w_batch, phi.reshape(E, K, -1)).view(E, T, *phi.shape[2:])
@@ -196,10 +198,12 @@ def shared_input_linears(x: Tensor, a: ParamOp, b: ParamOp, pad_a: tuple[int, in
     E = max(t.shape[0] for t in (x, *pa.values(), *pb.values()))
 
     def batch(t: Tensor | None) -> Tensor | None:   # [E, 1, ...] -> [E, ...], broadcast over the ensemble
-        return None if t is None else ops.to_ensemble(t.squeeze(1), E)
-    x, wa, ba, wb, bb = ops.to_ensemble(x, E), *(batch(p.get(k)) for p in (pa, pb) for k in ("weight", "bias"))
+        return None if t is None else to_ensemble(t.squeeze(1), E)
+    x = to_ensemble(x, E)
+    wa, wb = (to_ensemble(p["weight"].squeeze(1), E) for p in (pa, pb))
+    ba, bb = batch(pa.get("bias")), batch(pb.get("bias"))
     if x.is_cuda:   # both passes are CPU wins; on an H100 they made PTSL's eager fwd+bwd 1.31x slower (launches)
-        return ops.linear({"weight": wa, "bias": ba}, x), ops.linear({"weight": wb, "bias": bb}, x)
+        return dense_map(x, wa, ba), dense_map(x, wb, bb)
     return _SharedInput.apply(x, wa, ba, wb, bb)
 
 
@@ -215,7 +219,7 @@ class _SharedInput(torch.autograd.Function):
     def forward(ctx, x: Tensor, wa: Tensor, ba: Tensor | None, wb: Tensor, bb: Tensor | None) -> tuple[Tensor, Tensor]:
         ctx.save_for_backward(x, wa, wb)
         ctx.biases = (ba is not None, bb is not None)
-        return ops.linear({"weight": wa, "bias": ba}, x), ops.linear({"weight": wb, "bias": bb}, x)
+        return dense_map(x, wa, ba), dense_map(x, wb, bb)
 
     @staticmethod
     def backward(ctx, ga: Tensor, gb: Tensor) -> tuple[Tensor | None, ...]:

@@ -16,7 +16,7 @@ from . import _ast as A
 from .errors import (CycleError, OpArgError, OpError, ParamError, Pos, SpecError, UnknownName, Warning_, WidthError,
                      did_you_mean)
 from .ir import Edge, Module, OpNode, Role
-from .ops import OPS, USER_OPS
+from . import registry
 
 MAX_REPEAT = 10_000
 ENV_SYMBOLS = {"OBS": "observation size", "ACT": "action size", "T": "number of tasks",
@@ -85,8 +85,10 @@ class Scope:
 
 
 class Elaborator:
-    def __init__(self, root: FileScope, params: dict[str, Any], param_choices: dict[str, tuple], env: Env):
+    def __init__(self, root: FileScope, params: dict[str, Any], param_choices: dict[str, tuple], env: Env,
+                 op_sources: set[str] | None = None):
         self.root, self.params, self.choices, self.env = root, params, param_choices, env
+        self.op_sources = op_sources or {"graphnet"}     # where the ops it may call come from (op files imported)
         self.g = nx.DiGraph(modules={}, outputs={}, bank=None, env=vars(env).copy(), params=dict(params),
                             target="shared")
         self.errors: list[SpecError] = []
@@ -380,12 +382,17 @@ class Elaborator:
             return self.apply_template(c, local, scope)
         if name in scope.file.spec.blocks:
             return self.block_call(c, scope.file, scope.file.spec.blocks[name], scope, out_hint)
-        if name in OPS and name in USER_OPS:
-            return self.op_call(c, name, scope)
-        candidates = [*USER_OPS, *scope.file.spec.blocks,
-                      *(k for k, v in scope.vars.items() if isinstance(v, Template))]
+        op = registry.lookup(name)
+        if op is not None and op.in_language and op.source in self.op_sources:
+            return self.op_call(c, op, scope)
+        ops = [n for n in registry.language_names() if registry.get(n).source in self.op_sources]
+        if op is not None and op.in_language:
+            self.errors.append(UnknownName(f"op '{name}' is defined in {op.source}, which this spec does not import",
+                                           _span(c.pos, name), f'add: import "{op.source}"'))
+            return POISON
+        candidates = [*ops, *scope.file.spec.blocks, *(k for k, v in scope.vars.items() if isinstance(v, Template))]
         self.errors.append(UnknownName(f"unknown op or block '{name}'", _span(c.pos, name),
-                                       did_you_mean(name, candidates) or "ops: " + ", ".join(USER_OPS)))
+                                       did_you_mean(name, candidates) or "ops: " + ", ".join(ops)))
         return POISON
 
     def split_args(self, c: A.Call, scope: Scope):
@@ -407,8 +414,8 @@ class Elaborator:
                 pos.append((self.ev(arg, scope), arg))
         return pos, kw, arrow
 
-    def op_call(self, c: A.Call, name: str, scope: Scope) -> Any:
-        op = OPS[name]
+    def op_call(self, c: A.Call, op: registry.OpDef, scope: Scope) -> Any:
+        name = op.name
         positional, kw, arrow = self.split_args(c, scope)
         if any(v is POISON for v, _ in positional) or (arrow and arrow[2] is POISON):
             return POISON
@@ -426,7 +433,7 @@ class Elaborator:
         sharing = self.sharing_of(c, scope, op)
         if sharing is POISON:
             return POISON
-        if op.task_input:
+        if op.reads_task:
             if len(positional) != 1 or not (isinstance(positional[0][0], Tensor)
                                               and positional[0][0].kind == "task_id"):
                 self.errors.append(OpError(f"{name} reads the task id: write {name}(task"
@@ -652,26 +659,24 @@ class Elaborator:
     # ----------------------------------------------------------------------------- graph building
     def op_node(self, op: str, inputs: list[Tensor], attrs: dict, scope: Scope, pos: Pos, sharing=None,
                 module: str | None = None, sides: tuple = ()) -> Any:
-        opdef = OPS[op]
+        opdef = registry.get(op)
         for t, side in zip(inputs, sides or [None] * len(inputs)):
-            if t.kind == "task_id" and not opdef.task_input:
+            if t.kind == "task_id" and not opdef.reads_task:
                 self.errors.append(OpError("task is a task id, not features", side.pos if side else pos,
                                            "use onehot(task), embed(task -> W) or meta(task)"))
                 return POISON
         lo, hi = opdef.inputs
-        if not opdef.task_input and not (lo <= len(inputs) and (hi is None or len(inputs) <= hi)):
+        if not opdef.reads_task and not (lo <= len(inputs) and (hi is None or len(inputs) <= hi)):
             want = f"{lo}" if lo == hi else f"{lo} or more" if hi is None else f"{lo} to {hi}"
             self.errors.append(OpError(f"{op} takes {want} input(s), got {len(inputs)}", pos))
             return POISON
-        widths = [t.width for t in inputs] if not opdef.task_input else []
-        if op == "modular":
-            router = self.g.nodes[inputs[1].node]["data"]
-            if router.op != "router":
-                self.errors.append(OpError("modular's second input must be a router(...)", pos))
-                return POISON
-            attrs.update(layers=router.attrs["layers"], modules=router.attrs["modules"])
+        widths = [t.width for t in inputs] if not opdef.reads_task else []
         try:
+            if opdef.derive is not None:
+                producers = [self.g.nodes[t.node]["data"] for t in inputs]
+                attrs = opdef.derive([(n.op, n.attrs) for n in producers], attrs)
             width = opdef.width(widths, attrs)
+            per_copy = opdef.count(widths, attrs)
         except OpArgError as err:
             cls = WidthError if err.width else OpError
             detail = ""
@@ -679,16 +684,27 @@ class Elaborator:
                 detail = " (" + ", ".join(f"{_src(s)}: {t.width}" for t, s in zip(inputs, sides)) + ")"
             self.errors.append(cls(str(err) + detail, pos, err.hint))
             return POISON
+        except Exception as err:
+            if opdef.source == "graphnet":
+                raise
+            file, line = registry.user_frame(err, opdef.source)
+            self.errors.append(OpError(f"op '{op}' raised {type(err).__name__}: {err} (at {file}:{line})", pos,
+                                       "fix the op's width rule or parameter shapes, or raise graphnet.OpArgError "
+                                       "for inputs it does not take"))
+            return POISON
+        if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+            self.errors.append(OpError(f"op '{op}' gives a width of {width!r}; a width rule returns a positive whole "
+                                       f"number (op defined in {opdef.source})", pos))
+            return POISON
         if opdef.parametric:
             if module is None:
                 module = self.new_id("module", scope.path + (op,))
                 self.g.graph["modules"][module] = Module(id=module, op=op, attrs=attrs, sharing="shared",
                                                          copies=1, per_copy=0, role="common", pos=pos)
-                self._set_sharing(module, sharing if op != "embed" else A.Sharing(pos, "task"))
+                self._set_sharing(module, A.Sharing(pos, opdef.sharing) if opdef.sharing else sharing)
             m = self.g.graph["modules"][module]
             if m.in_widths is None:
-                m.in_widths = widths
-                m.per_copy = opdef.params(widths, attrs)
+                m.in_widths, m.per_copy = widths, per_copy
         return self.add_node(op, inputs, attrs, width, scope, pos, module=module)
 
     def _set_sharing(self, module: str, sharing: A.Sharing | None) -> None:

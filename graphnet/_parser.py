@@ -160,7 +160,7 @@ class _ToAst(Transformer):
         is_path = target.type == "STRING"
         name = str(target)[1:-1] if is_path else str(target)
         if alias is None:
-            stem = name.rsplit("/", 1)[-1].removesuffix(".gn")
+            stem = name.rsplit("/", 1)[-1].removesuffix(".gn").removesuffix(".py")
             if not stem.isidentifier():
                 raise SyntaxProblem(f"cannot name the import of {name!r} after its file", self.p(meta),
                                     'give it a name: import "path.gn" as name')

@@ -13,9 +13,11 @@ import networkx as nx
 from pydantic import ValidationError
 
 from . import _ast as A
+from . import registry
 from ._elaborate import ENV_SYMBOLS, INPUTS, Elaborator, Env, FileScope, arithmetic
 from ._parser import parse
-from .errors import CycleError, ParamError, Pos, SpecError, SpecErrors, TrainConfigError, UnknownName, did_you_mean
+from .errors import (CycleError, OpError, ParamError, Pos, SpecError, SpecErrors, TrainConfigError, UnknownName,
+                     did_you_mean)
 from .train_config import GroupSampling, TacoSampling, TrainConfig, option_fields
 
 Sizes = Env  # the environment sizes a spec is checked and counted at
@@ -67,6 +69,7 @@ class Spec:
         self.path = str(path)
         self.overrides = dict(overrides)
         self.sources: dict[str, str] = {}
+        self.op_files: list[str] = []           # Python files of ops it imports (resolved paths)
         self.errors: list[SpecError] = []
         self.warnings: list[SpecError] = []
         root = self._load_file(path, [])
@@ -102,6 +105,9 @@ class Spec:
             return None
         scope = FileScope(spec)
         for imp in spec.imports:
+            if imp.is_path and imp.target.endswith(".py"):
+                self._load_ops(imp, path.parent)
+                continue
             target = find_spec(imp.target if imp.is_path else f"{imp.target}.gn", path.parent)
             if target is None:
                 hint = did_you_mean(imp.target, library_names()) or "library specs: " + ", ".join(library_names())
@@ -119,6 +125,27 @@ class Spec:
             if sub is not None:
                 scope.imports[imp.alias] = sub
         return scope
+
+    def _load_ops(self, imp: A.Import, base: Path) -> None:
+        """`import "my_ops.py"`: the file's ops join the language for this spec (graphnet.registry)."""
+        target = find_spec(imp.target, base)
+        if target is None:
+            self.errors.append(UnknownName(f"cannot find the op file '{imp.target}'", imp.pos,
+                                           f"a path relative to {base}"))
+            return
+        key = str(target.resolve())
+        try:
+            self.sources[key] = target.read_text()
+            registry.load_file(target)
+        except (OSError, UnicodeDecodeError) as e:
+            self.errors.append(SpecError(f"cannot read {target}: {e}", imp.pos))
+        except registry.OpFileError as e:
+            where = Pos(e.file, e.line, 1) if e.line else imp.pos
+            self.errors.append(OpError(f"the op file {imp.target} fails: {e.message}", where,
+                                       f"imported at {imp.pos}"))
+        else:
+            if key not in self.op_files:
+                self.op_files.append(key)
 
     def _files(self, scope: FileScope) -> list[FileScope]:
         """This file, then its imports depth-first (the order in which param declarations win)."""
@@ -228,8 +255,10 @@ class Spec:
 
     # ----------------------------------------------------------------------------- graph
     def _elaborate(self, env: Env, keep_warnings: bool = False) -> nx.DiGraph:
+        for file in self.op_files:      # its own op files' definitions, whatever another spec loaded since
+            registry.load_file(file)
         choices = {n: c for n, (p, _) in self.decls.items() if (c := self._choices(p)) is not None}
-        elab = Elaborator(self.root, self.values, choices, env)
+        elab = Elaborator(self.root, self.values, choices, env, {"graphnet", *self.op_files})
         g = elab.run()
         if keep_warnings:
             self.warnings = elab.warnings

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import registry
 from ._spec import Sizes, Spec, load, parse_value, settings
 from pydantic import ValidationError
 
@@ -49,6 +50,37 @@ def cmd_check(args) -> int:
             print(w.render(spec.sources), file=sys.stderr)
         print(f"ok: {spec.path} ({spec.params().total:,} parameters at MT10 sizes)")
     return 2 if failed else 0
+
+
+def cmd_ops(args) -> int:
+    for path in args.files:
+        registry.load_file(path)
+    if args.markdown:
+        print(registry.markdown_table())
+        return 0
+    for op in registry.all_ops():
+        if op.in_language:
+            where = "" if op.source == "graphnet" else f"  ({op.source})"
+            print(f"{op.signature}\n    {op.doc}{where}")
+    return 0
+
+
+def cmd_check_op(args) -> int:
+    from .compiler.verify import OpCheckError, check_op
+    ops = registry.load_file(args.file)
+    if not ops:
+        raise UsageError(f"{args.file} registers no op (call graphnet.registry.register(OpDef(...)))")
+    failed = False
+    for op in ops:
+        try:
+            report = check_op(op)
+        except OpCheckError as e:
+            print(f"FAIL: {e}", file=sys.stderr)
+            failed = True
+            continue
+        print(f"ok: {op.name}: {report.cases} cases (compiled == reference, outputs and gradients, float64; "
+              "built sizes == counts; ensembles of 1 and 2; task-major and shuffled batches)")
+    return 1 if failed else 0
 
 
 def cmd_params(args) -> int:
@@ -433,6 +465,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("specs", nargs="+", metavar="SPEC", help="a path or a library spec name")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a param (repeatable)")
     p.set_defaults(fn=cmd_check)
+    p = sub.add_parser("ops", help="list the ops a spec can call (graphnet's and those of op files)")
+    p.add_argument("files", nargs="*", metavar="FILE.py", help="op files whose ops to list too")
+    p.add_argument("--markdown", action="store_true", help="print the README's op table")
+    p.set_defaults(fn=cmd_ops)
+    p = sub.add_parser("check-op", help="verify every op of an op file as graphnet's own are verified")
+    p.add_argument("file", metavar="FILE.py")
+    p.set_defaults(fn=cmd_check_op)
     p = sub.add_parser("params", help="count parameters (no torch)")
     p.add_argument("spec", metavar="SPEC")
     _env_args(p)

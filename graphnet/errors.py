@@ -59,6 +59,11 @@ class SweepError(GraphnetError):
     """Sweep points that cannot run; reported together before anything starts."""
 
 
+class UserOpError(GraphnetError):
+    """A user's op that raised, or returned the wrong shape, while the networks ran: at the spec position that
+    called it, with the place in the op file."""
+
+
 class OpArgError(Exception):
     """Raised by an op's width rule; the elaborator turns it into a positioned OpError or WidthError."""
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import graphviz
 import networkx as nx
 
+from . import registry
 from ._spec import MT10, Sizes, Spec, settings
 from .accounting import ParamReport, count
 from .errors import VizError
@@ -28,7 +29,6 @@ INPUT_FILL = "#e8e8e8"
 EDGE_COLOUR = "#555555"
 LOOP_COLOUR = "#8c8c8c"      # edges into the next repeat iteration, drawn dashed and lighter
 FONT = "Helvetica"
-ARITHMETIC = {"add": "+", "sub": "\u2212", "mul": "\u00d7"}
 CLUSTERS = ("actor", "critic", "common")
 TABLE = "composition table w"     # PaCo's w (T x K), drawn among the common features
 _ITERATION = re.compile(r"^(\w+)=(\d+)$")
@@ -128,17 +128,16 @@ def _copies(sharing: str | None, sizes: Sizes, bank: dict | None) -> str | None:
     return None
 
 
+def _operator(n: OpNode) -> bool:
+    """`a + b`, `a - b`, `a * b`: the binary ops written as symbols, drawn small."""
+    if n.op in ("input", "output"):
+        return False
+    op = registry.get(n.op)
+    return not op.in_language and op.inputs == (2, 2)
+
+
 def _op_text(n: OpNode) -> str:
-    a = n.attrs
-    if n.op == "combine":
-        return f"combine {a['kind']}"
-    if n.op == "scale":
-        return f"\u00d7 {a['factor']:g}"
-    if n.op == "mixture":
-        return f"mixture of {a['experts']}"
-    if n.op in ("router", "modular"):
-        return f"{n.op} {a['layers']}\u00d7{a['modules']}"
-    return ARITHMETIC.get(n.op, n.op)
+    return registry.get(n.op).text(n.attrs) if n.op not in ("input", "output") else n.op
 
 
 def _label(box: Box, sharing: str | None, sizes: Sizes, bank: dict | None) -> str:
@@ -248,7 +247,7 @@ def _add_box(c: graphviz.Digraph, box: Box, sharing: str | None, sizes: Sizes, b
     n = box.node
     if n.op == "output":
         c.node(box.name, _io_label(n), style="rounded,bold")
-    elif n.op in ARITHMETIC:
+    elif _operator(n):
         c.node(box.name, _label(box, None, sizes, bank), shape="ellipse", margin="0.03")
     elif sharing is None:
         c.node(box.name, _label(box, None, sizes, bank))

@@ -57,7 +57,7 @@ import graphnet
 from ..compiler import AgentNets, build
 from ..compiler.lower import trunk_nodes
 from ..compiler.modules import ParamOp
-from ..compiler.ops import param_shapes
+from .. import registry
 from ..errors import TransferError
 from ..ir import modules, node, nodes
 from ..train_config import TAPER, TrainConfig, UniformSampling
@@ -293,7 +293,7 @@ def transfer_nets(source: Source, obs_dim: int, act_dim: int,
                 key = f"actor.{name}"
                 if key not in state:
                     raise TransferError(f"the run's checkpoint has no {key}: it was not trained from this spec")
-                shape, _, _ = param_shapes(m.op, m.attrs, m.widths)[pname]
+                shape = registry.get(m.op).shapes(m.widths, m.attrs)[pname].shape
                 expected = (1, m.copies, *shape)
                 if tuple(state[key].shape) != expected:
                     raise TransferError(f"{key} is {tuple(state[key].shape)} in the run, {expected} for this "

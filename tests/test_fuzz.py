@@ -23,6 +23,7 @@ import torch
 from lark import Lark
 
 import graphnet
+from graphnet import registry
 from graphnet.cli import main
 from graphnet.compiler import build, reference_trunk
 from graphnet.errors import SpecError, TrainConfigError
@@ -41,7 +42,8 @@ VOCABULARY = [
     "i", "H", "N", "K", "g", "none", "add", "linear", "relu", "concat", "onehot", "embed", "meta", "combine",
     "film", "affine", "router", "modular", "mixture", "detach", "softmax", "layernorm", "lineer", "mtsac",
     "paco", "taper", "triplet", "(", ")", "{", "}", "[", "]", ",", ";", "=", "->", "+", "-", "*", "/", "==", "!=",
-    "<", "<=", ">", ">=", ".", "#", '"', "@", "\n", '"x.gn"', '"0 1 | 2"', *NUMBERS,
+    "<", "<=", ">", ">=", ".", "#", '"', "@", "\n", '"x.gn"', '"0 1 | 2"', '"ops.py"', *NUMBERS,
+    *registry.language_names(),   # every op, so that a new one cannot skip the fuzzing
 ]
 
 # Lark's names for the grammar's terminals (RPAR, LSQB, NAME, ...) must never reach a message.
