@@ -119,6 +119,7 @@ class Block(Node):
     out: str
     out_default: Node | None
     body: tuple
+    settings: tuple[tuple[str, Node], ...] = ()     # keyword settings and their defaults: block f(x, k = 2)
 
 
 @dataclass(frozen=True)

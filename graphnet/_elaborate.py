@@ -95,6 +95,8 @@ class Elaborator:
         self.warnings: list[SpecError] = []
         self.assigned: list[tuple[str, str, Pos]] = []   # (name, node id, position) of created nodes
         self.stack: list[tuple[str, str]] = []
+        self.calls: list[tuple[str, Pos]] = []             # the block calls being elaborated: (block, call site)
+        self.sites: dict[int, list[tuple[str, Pos]]] = {}  # id(error) -> the block calls it was met in
         self.inputs: dict[str, Tensor] = {}
         self.features: dict[str, str] = {}                 # agent-level named features -> node id
         self.output_pos: dict[str, Pos] = {}
@@ -114,10 +116,29 @@ class Elaborator:
             if role not in self.g.graph["outputs"] and not self.errors:
                 self.errors.append(SpecError(f"the agent section does not define the {role}", agent.pos,
                                              f"add a line: {role} = <trunk>(...)"))
-        if not self.errors:
+        if "critic" in self.g.graph["outputs"]:    # whatever else is wrong: every agent error at once
             self._check_critic_reads_action(self.output_pos["critic"])
+        if not self.errors:
             self._assign_roles_and_prune()
+        self.errors = self._merged(self.errors)
         return self.g
+
+    def _merged(self, errors: list[SpecError]) -> list[SpecError]:
+        """One report per place and message; a mistake inside a block met at several of its calls names them."""
+        groups: dict[tuple, list[SpecError]] = {}
+        for err in errors:
+            groups.setdefault((type(err), str(err.pos), err.message), []).append(err)
+        out = []
+        for same in groups.values():
+            first = same[0]
+            sites = list(dict.fromkeys(site for err in same for site in self.sites.get(id(err), [])))
+            if len(sites) > 1:
+                file = first.pos.file if first.pos else None
+                where = ", ".join(str(pos.line) if pos.file == file else str(pos) for _, pos in sites)
+                note = f"in block '{sites[0][0]}', called at lines {where}"
+                first.hint = f"{first.hint}; {note}" if first.hint else note
+            out.append(first)
+        return out
 
     def _agent_options(self, agent: A.Agent) -> None:
         """`agent(target = shared|copy)`: whether the critic's target reads the live common features (shared,
@@ -251,7 +272,12 @@ class Elaborator:
         return [*scope.vars, *self.params, *ENV_SYMBOLS, *INPUTS]
 
     def _unknown(self, sym: Symbol, scope: Scope | None = None) -> _Poison:
-        if not any(isinstance(err, UnknownName) and err.pos == sym.pos for err in self.errors):
+        at = (sym.pos.file, sym.pos.line, sym.pos.col)
+        known = next((err for err in self.errors if isinstance(err, UnknownName) and err.pos is not None
+                      and (err.pos.file, err.pos.line, err.pos.col) == at), None)
+        if known is not None and self.calls and id(known) in self.sites:
+            self.sites[id(known)].append(self.calls[-1])
+        if known is None:
             names = self.visible(scope) if scope else [*self.params, *INPUTS]
             self.errors.append(UnknownName(f"unknown name '{sym.name}'", _span(sym.pos, sym.name),
                                            did_you_mean(sym.name, names)))
@@ -612,16 +638,22 @@ class Elaborator:
             if not isinstance(v, Tensor):
                 return self._not_a(v, "features", e, scope)
             local[name] = v
+        settings = dict(block.settings)
         for name, (v, arg) in kw.items():
             if v is POISON:
                 return POISON
-            if name not in self.params:
+            if name not in self.params and name not in settings:
+                known = [*settings, *self.params]
                 self.errors.append(OpError(f"block '{block.name}' has no setting '{name}': keyword arguments of a "
-                                           "block override params", _span(arg.pos, name),
-                                           did_you_mean(name, self.params) or
-                                           "params: " + ", ".join(self.params)))
+                                           "block set its settings or override params", _span(arg.pos, name),
+                                           did_you_mean(name, known) or "settings and params: " + ", ".join(known)))
                 return POISON
             local[name] = v
+        for name, default in block.settings:      # in order: a default may read the settings before it
+            if name not in kw:
+                local[name] = self.ev(default, Scope(dict(local), file, scope.path))
+                if local[name] is POISON:
+                    return POISON
         out = arrow[2] if arrow else out_hint
         if out is None and block.out_default is not None:
             out = self.number(block.out_default, Scope({}, file, scope.path), f"{block.out} of block {block.name}")
@@ -638,13 +670,17 @@ class Elaborator:
             return POISON
         inner = Scope(local, file, scope.path + (block.name,), sharing, scope.target)
         self.stack.append(key)
+        self.calls.append((block.name, c.pos))
         try:
             errors_before = len(self.errors)
             self.exec_body(block.body, inner)
+            for err in self.errors[errors_before:]:
+                self.sites.setdefault(id(err), [self.calls[-1]])   # its innermost block call
         finally:
             self.stack.pop()
+            self.calls.pop()
         result = local.get("out")
-        if len(self.errors) > errors_before:
+        if len(self.errors) > errors_before or result is POISON:
             return POISON
         if not isinstance(result, Tensor):
             self.errors.append(OpError(f"block '{block.name}' never assigns out", block.pos,

@@ -1,6 +1,7 @@
 """Spec text -> syntax tree, with Lark's LALR parser; syntax errors in a researcher's words."""
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from importlib import resources
 from typing import Any
@@ -11,7 +12,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from lark.lexer import PatternStr
 
 from . import _ast as A
-from .errors import Pos, SpecError, SpecErrors, SyntaxProblem
+from .errors import Pos, SpecError, SpecErrors, SyntaxProblem, did_you_mean
 
 _WORDS = {"NAME": "a name", "NUMBER": "a number", "STRING": "a quoted string",
           "COMPARE": "a comparison (==, !=, <, ...)", "$END": "the end of the file"}
@@ -88,10 +89,36 @@ def _syntax_error(e: UnexpectedInput, text: str, path: str) -> SyntaxProblem:
     assert isinstance(e, UnexpectedToken)
     tok = e.token
     pos = Pos(path, tok.line, tok.column, tok.end_column)
+    before = text.split("\n")[tok.line - 1][:tok.column - 1]
+    if (sharing := _sharing_problem(before, tok)) is not None:
+        message, start, hint = sharing
+        return SyntaxProblem(message, Pos(path, tok.line, start + 1, tok.end_column), hint)
     hint = None
     if tok.type == "NAME" and "NAME" not in e.expected:
         hint = f"'{tok}' may be a reserved word or a missing operator before it"
     return SyntaxProblem(f"unexpected {_describe(tok)}: expected {_expected(e)}", pos, hint)
+
+
+SHARINGS = ("shared", "task", "bank")
+_PREFIXES = "a call may start with one sharing prefix: shared, task or bank(K)"
+
+
+def _sharing_problem(before: str, tok: Token) -> tuple[str, int, str | None] | None:
+    """A misspelt or misused sharing prefix before a call (`per_task linear(...)`, `bank linear(...)`,
+    `shared(2) linear(...)`, `task bank(2) linear(...)`): message, column where it starts (0-based), hint."""
+    if tok.type == "NAME" and (m := re.search(r"\bbank\s*$", before)):
+        return "bank needs its set size K", m.start(), f"write bank(K) {tok}(...), e.g. bank(4) {tok}(...)"
+    if tok.type != "LPAR":
+        return None
+    if m := re.search(r"\b(shared|task)\s+bank\s*\([^()]*\)\s+\w+\s*$", before):
+        return "a call has one sharing prefix, not two", m.start(), f"keep {m.group(1)} or bank(K): {_PREFIXES}"
+    if m := re.search(r"\bshared\s*$", before):
+        return "shared takes no size: it is one copy for all tasks", m.start(), "bank(K) is the prefix with a size"
+    if (m := re.search(r"\b([A-Za-z_]\w*)\s+([A-Za-z_]\w*)\s*$", before)) and m.group(1) not in SHARINGS:
+        close = did_you_mean(m.group(1), SHARINGS)
+        return (f"'{m.group(1)}' before {m.group(2)}(...) is not a sharing prefix", m.start(),
+                f"{close} {_PREFIXES}" if close else _PREFIXES)
+    return None
 
 
 def _describe(tok: Token) -> str:
@@ -182,13 +209,23 @@ class _ToAst(Transformer):
     def block_def(self, meta, ch):
         name = str(ch[0])
         rest = list(ch[1:])
-        inputs = tuple(rest.pop(0)) if rest and isinstance(rest[0], list) else ()
+        args = rest.pop(0) if rest and isinstance(rest[0], list) else []
         out = str(rest.pop(0))
         out_default = rest.pop(0) if len(rest) > 1 else None
-        return A.Block(self.p(meta), name, inputs, out, out_default, rest[-1])
+        inputs = tuple(n for n, default, _ in args if default is None)
+        settings = tuple((n, default) for n, default, _ in args if default is not None)
+        first_setting = next((i for i, (_, default, _) in enumerate(args) if default is not None), len(args))
+        late = next((pos for _, default, pos in args[first_setting:] if default is None), None)
+        if late is not None:
+            raise SyntaxProblem(f"block '{name}': its inputs come before its settings with defaults", late,
+                                f"write block {name}({', '.join(inputs)}, {', '.join(n for n, _ in settings)} = ...)")
+        return A.Block(self.p(meta), name, inputs, out, out_default, rest[-1], settings)
 
-    def names(self, meta, ch):
-        return [str(c) for c in ch]
+    def block_args(self, meta, ch):
+        return list(ch)
+
+    def block_arg(self, meta, ch):
+        return str(ch[0]), (ch[1] if len(ch) > 1 else None), self.p(meta)
 
     def agent_def(self, meta, ch):
         return A.Agent(self.p(meta), ch[-1], ch[0] if len(ch) == 2 else ())

@@ -68,6 +68,26 @@ CASES = {
         "agent {\n" + ACTOR + "  critic = linear(concat(obs act) -> 1)\n}\n",
         SyntaxProblem, (3, 30), "unexpected name 'act': expected an operator, ',' or ')'",
         "'act' may be a reserved word or a missing operator before it"),
+    "misspelt sharing prefix": (
+        "agent {\n  actor = per_task linear(obs -> 8)\n" + CRITIC + "}\n",
+        SyntaxProblem, (2, 11), "'per_task' before linear(...) is not a sharing prefix",
+        "did you mean 'task'? a call may start with one sharing prefix: shared, task or bank(K)"),
+    "plural sharing prefix": (
+        "agent {\n  actor = tasks linear(obs -> 8)\n" + CRITIC + "}\n",
+        SyntaxProblem, (2, 11), "'tasks' before linear(...) is not a sharing prefix", "did you mean 'task'?"),
+    "bank without its size": (
+        "agent {\n  actor = bank linear(obs -> 8)\n" + CRITIC + "}\n",
+        SyntaxProblem, (2, 11), "bank needs its set size K", "write bank(K) linear(...)"),
+    "shared with a size": (
+        "agent {\n  actor = shared(4) linear(obs -> 8)\n" + CRITIC + "}\n",
+        SyntaxProblem, (2, 11), "shared takes no size", "bank(K) is the prefix with a size"),
+    "two sharing prefixes": (
+        "agent {\n  actor = task bank(4) linear(obs -> 8)\n" + CRITIC + "}\n",
+        SyntaxProblem, (2, 11), "a call has one sharing prefix, not two", "keep task or bank(K)"),
+    "block inputs after settings": (
+        "block f(x, k = 2, y) -> OUT { out = linear(x -> OUT) }\n" + AGENT,
+        SyntaxProblem, (1, 19), "block 'f': its inputs come before its settings with defaults",
+        "write block f(x, y, k = ...)"),
     "unexpected closing paren": (
         "agent {\n  actor = linear(obs -> 8))\n" + CRITIC + "}\n",
         SyntaxProblem, (2, 27), "unexpected ')': expected", None),
@@ -265,6 +285,62 @@ def test_error_kind_position_message_and_hint(tmp_path, case):
 def test_unknown_name_is_underlined_whole(tmp_path):
     err = only(tmp_path, CASES["unknown name"][0])
     assert (err.pos.col, err.pos.end_col) == (31, 34)
+
+
+def test_a_mistake_in_a_block_called_twice_is_one_error_naming_the_calls(tmp_path):
+    """Reported once, with both call sites, and not also as a block that never assigns out."""
+    text = """
+    block mlp(x) -> OUT {
+      h = relu(linear(x -> 16))
+      out = linear(hh -> OUT)
+    }
+    agent {
+      actor = mlp(obs)
+      critic = mlp(concat(obs, act))
+    }
+    """
+    err = only(tmp_path, text)
+    assert isinstance(err, UnknownName) and where(err) == (3, 16)
+    assert "in block 'mlp', called at lines 6, 7" in err.hint
+
+
+def test_every_agent_error_at_once(tmp_path):
+    """An actor of the wrong width does not hide a critic that never reads the action."""
+    errs = errors(tmp_path, "agent {\n  actor = linear(obs -> 3)\n  critic = linear(obs -> 1)\n}\n")
+    assert [type(e) for e in errs] == [WidthError, SpecError] and [where(e) for e in errs] == [(2, 11), (3, 3)]
+    assert "never reads act" in errs[1].message
+
+
+def test_block_settings_with_defaults(tmp_path):
+    """`block f(x, depth = 2, width = 16 * depth)`: defaults in order, each may read those before it; a call sets
+    them by keyword; a misspelt one says which exist."""
+    text = """
+    block mlp(x, depth = 2, width = 16 * depth) -> OUT {
+      h = x
+      repeat i < depth { h = relu(linear(h -> width)) }
+      out = linear(h -> OUT)
+    }
+    agent {
+      actor = mlp(obs)
+      critic = mlp(concat(obs, act), depth = 3)
+    }
+    """
+    spec = graphnet.load(write(tmp_path, text), graphnet.Sizes(obs=5, act=2, tasks=3))
+    actor = (5 * 32 + 32) + (32 * 32 + 32) + (32 * 4 + 4)
+    critic = (7 * 48 + 48) + 2 * (48 * 48 + 48) + (48 + 1)
+    assert (spec.params(5, 2, 3).actor, spec.params(5, 2, 3).critic) == (actor, 2 * critic)
+    err = only(tmp_path, text.replace("depth = 3)", "deph = 3)"))
+    assert "no setting 'deph'" in err.message and "did you mean 'depth'?" in err.hint
+
+
+def test_params_may_refer_to_later_params(tmp_path):
+    """A param's value may use any other param, declared before or after it; a cycle is an error."""
+    text = "param A = B * 2\nparam B = 4\nagent {\n  actor = linear(obs -> 8)\n" \
+           "  critic = linear(relu(linear(concat(obs, act) -> A)) -> 1)\n}\n"
+    assert graphnet.load(write(tmp_path, text)).values == {"A": 8, "B": 4}
+    assert graphnet.load(write(tmp_path, text), B=5).values["A"] == 10
+    err = only(tmp_path, text.replace("param B = 4", "param B = A"))
+    assert isinstance(err, CycleError) and "A -> B -> A" in err.message
 
 
 def test_unknown_block_argument(tmp_path):
