@@ -163,9 +163,11 @@ def _stateless_op(node: fx.Node) -> registry.OpDef | None:
 
 
 def _zero_preserving(node: fx.Node) -> bool:
-    """An elementwise op that maps zeros to zeros: a zero-padded width stays zero through it."""
+    """An elementwise op that maps zeros to zeros, of inputs of its own width (not a width-1 value broadcast):
+    a zero-padded width stays zero through it."""
     op = _stateless_op(node)
-    return op is not None and op.zero_preserving
+    return op is not None and op.zero_preserving and all(
+        a.meta.get("width") == node.meta["width"] for a in node.args if isinstance(a, fx.Node))
 
 
 def pad_widths(graph: fx.Graph, root: nn.Module, multiple: int = 8, least: int = 100) -> None:

@@ -62,7 +62,7 @@ class Arrow(Node):
 
 @dataclass(frozen=True)
 class Sharing(Node):
-    kind: str  # shared | task | bank
+    kind: str  # shared | task | bank | stack
     args: tuple = ()
 
 

@@ -44,8 +44,9 @@ class Symbol:
 @dataclass(frozen=True)
 class Tensor:
     node: str
-    width: int
+    width: int                  # all of it: a stack of k members of width W is k * W
     kind: str = "features"
+    stack: int = 1
 
 
 @dataclass(frozen=True)
@@ -195,6 +196,10 @@ class Elaborator:
             want = 2 * self.env.act if target == "actor" else 1
             value = self.ev(stmt.value, scope, out_hint=want)
             if isinstance(value, Tensor):
+                if value.stack > 1:
+                    self.errors.append(OpError(f"the {target} outputs a stack of {value.stack}; reduce it first "
+                                               "(mix, mean, member, concat)", stmt.value.pos))
+                    return
                 if value.width != want:
                     what = "2 x ACT (mean and log-std)" if target == "actor" else "1 (the Q-value)"
                     self.errors.append(WidthError(f"the {target} must output {what} = {want} features, this "
@@ -370,11 +375,7 @@ class Elaborator:
 
     def tensor_arith(self, e: A.Binary, a: Any, b: Any, scope: Scope) -> Any:
         if isinstance(a, Tensor) and isinstance(b, Tensor):
-            op = {"+": "add", "-": "sub", "*": "mul"}.get(e.op)
-            if op is None:
-                self.errors.append(OpError(f"features cannot be combined with '{e.op}'", e.pos,
-                                           "use +, - or * between features"))
-                return POISON
+            op = {"+": "add", "-": "sub", "*": "mul", "/": "div"}[e.op]
             return self.op_node(op, [a, b], {}, scope, e.pos, sides=(e.left, e.right))
         t, k, k_expr = (a, b, e.right) if isinstance(a, Tensor) else (b, a, e.left)
         if not self._is_number(k):
@@ -390,6 +391,8 @@ class Elaborator:
 
     # ----------------------------------------------------------------------------- calls
     def call(self, c: A.Call, scope: Scope, out_hint: int | None) -> Any:
+        if c.sharing is not None and c.sharing.kind == "stack":
+            return self.stack_call(c, scope, out_hint)
         if len(c.callee) == 2:
             alias, name = c.callee
             imported = scope.file.imports.get(alias)
@@ -420,6 +423,47 @@ class Elaborator:
         self.errors.append(UnknownName(f"unknown op or block '{name}'", _span(c.pos, name),
                                        did_you_mean(name, candidates) or "ops: " + ", ".join(ops)))
         return POISON
+
+    def stack_call(self, c: A.Call, scope: Scope, out_hint: int | None) -> Any:
+        """`stack(k) f(...)`: k independent copies of op or block f (each its own parameters) applied to the
+        same inputs, evaluated once; their outputs side by side as a stack of k."""
+        s = c.sharing
+        assert s is not None
+        if len(s.args) != 1 or isinstance(s.args[0], (A.Kwarg, A.Arrow)):
+            self.errors.append(OpError("stack takes the number of members: stack(k) f(x)", s.pos))
+            return POISON
+        k = self.number(s.args[0], scope, "a stack size")
+        if k is POISON:
+            return POISON
+        if k > MAX_REPEAT:
+            self.errors.append(ParamError(f"stack size {k} is too large (at most {MAX_REPEAT})", s.args[0].pos))
+            return POISON
+        inputs, args = dict(scope.vars), []
+        for i, arg in enumerate(c.args):          # each input evaluated once, read by every member
+            expr = arg.src if isinstance(arg, A.Arrow) else None if isinstance(arg, A.Kwarg) else arg
+            if expr is None:
+                args.append(arg)
+                continue
+            value = self.ev(expr, scope)
+            if value is POISON:
+                return POISON
+            inputs[f"#input{i}"] = value
+            name = A.Name(expr.pos, f"#input{i}")
+            args.append(replace(arg, src=name) if isinstance(arg, A.Arrow) else name)
+        member_call = replace(c, args=tuple(args), sharing=None)
+        members = []
+        for j in range(k):
+            member = self.call(member_call, replace(scope, vars=inputs, path=scope.path + (f"member={j}",)),
+                               out_hint)
+            if member is POISON:
+                return POISON
+            if not isinstance(member, Tensor) or member.stack != 1:
+                what = "a stack" if isinstance(member, Tensor) else _kind(member)
+                self.errors.append(OpError(f"stack(k) makes a stack of features; '{c.callee[-1]}' gives {what}",
+                                           c.pos))
+                return POISON
+            members.append(member)
+        return self.op_node("stack", members, {"k": k}, scope, c.pos)
 
     def split_args(self, c: A.Call, scope: Scope):
         """Evaluate a call's arguments: (positional values, keyword values, arrow (src, width) or None)."""
@@ -513,13 +557,15 @@ class Elaborator:
                     ok = False
                     continue
             elif isinstance(default, int):
-                if not self._is_number(value) or not math.isfinite(value) or value != int(value) or value < 1 \
+                if not self._is_number(value) or not math.isfinite(value) or value != int(value) \
+                        or value < min(default, 1) \
                         or (key in ("layers", "modules", "experts") and value > MAX_REPEAT):
                     if isinstance(value, Symbol):
                         self._unknown(value, scope)
                     else:
                         limit = f" at most {MAX_REPEAT}" if key in ("layers", "modules", "experts") else ""
-                        self.errors.append(ParamError(f"{op.name}({key} = ...) must be a positive whole "
+                        kind = "a positive" if default else "a non-negative"
+                        self.errors.append(ParamError(f"{op.name}({key} = ...) must be {kind} whole "
                                                       f"number{limit}, got {_show(value)}", expr.pos,
                                                       _param_hint(expr)))
                     ok = False
@@ -686,6 +732,11 @@ class Elaborator:
             self.errors.append(OpError(f"block '{block.name}' never assigns out", block.pos,
                                        "end the block with: out = ..."))
             return POISON
+        if result.stack > 1:
+            self.errors.append(OpError(f"block '{block.name}' gives out a stack of {result.stack}; a block's out is "
+                                       "features", block.pos, "reduce it (mix, mean, member, concat), or stack the "
+                                       "block's call: stack(k) name(x)"))
+            return POISON
         if result.width != out:
             self.errors.append(WidthError(f"block '{block.name}' must output {block.out} = {out} features, "
                                           f"its out has {result.width}", block.pos))
@@ -707,6 +758,20 @@ class Elaborator:
             self.errors.append(OpError(f"{op} takes {want} input(s), got {len(inputs)}", pos))
             return POISON
         widths = [t.width for t in inputs] if not opdef.reads_task else []
+        stacks = [t.stack for t in inputs]
+        if max(stacks, default=1) > 1:
+            if opdef.stacks == "plain":
+                k = max(stacks)
+                self.errors.append(OpError(f"{op} takes features, not a stack of {k}", pos,
+                                           "reduce the stack first: mix(s, weights), mean(s), member(s, i = 0) or "
+                                           "concat(s); or apply the op to every member inside stack(k)"))
+                return POISON
+            if opdef.stacks == "elementwise" and len({k for k, w in zip(stacks, widths) if w > 1 or k > 1}) > 1:
+                self.errors.append(WidthError(f"{op} of stacks of " + " and ".join(map(str, stacks)) +
+                                              " members", pos, "both sides need one stack size, or width 1"))
+                return POISON
+        if opdef.stacks == "read":
+            attrs = {**attrs, "k": stacks[0] if stacks else 1}
         try:
             if opdef.derive is not None:
                 producers = [self.g.nodes[t.node]["data"] for t in inputs]
@@ -741,7 +806,9 @@ class Elaborator:
             m = self.g.graph["modules"][module]
             if m.in_widths is None:
                 m.in_widths, m.per_copy = widths, per_copy
-        return self.add_node(op, inputs, attrs, width, scope, pos, module=module)
+        stack = opdef.stack_out(attrs) if opdef.stack_out else max(stacks, default=1) \
+            if opdef.stacks == "elementwise" else 1
+        return self.add_node(op, inputs, attrs, width, scope, pos, module=module, stack=stack)
 
     def _set_sharing(self, module: str, sharing: A.Sharing | None) -> None:
         m = self.g.graph["modules"][module]
@@ -753,17 +820,17 @@ class Elaborator:
             m.sharing, m.copies = "bank", self.g.graph["bank"]["K"]
 
     def add_node(self, op: str, inputs: list[Tensor], attrs: dict, width: int, scope: Scope, pos: Pos,
-                 module: str | None = None, label: str | None = None) -> Tensor:
+                 module: str | None = None, label: str | None = None, stack: int = 1) -> Tensor:
         nid = self.new_id("node", scope.path + (label or op,))
         self.g.add_node(nid, data=OpNode(id=nid, op=op, attrs=attrs, inputs=[t.node for t in inputs], width=width,
-                                         module=module, role=scope.target or "common", scope=scope.path,
-                                         label=label, pos=pos))
+                                         stack=stack, module=module, role=scope.target or "common",
+                                         scope=scope.path, label=label, pos=pos))
         for port, t in enumerate(inputs):
             if self.g.has_edge(t.node, nid):
                 self.g.edges[t.node, nid]["data"].ports.append(port)
             else:
                 self.g.add_edge(t.node, nid, data=Edge(width=t.width, ports=[port]))
-        return Tensor(nid, width)
+        return Tensor(nid, width, stack=stack)
 
     def new_id(self, kind: str, path: tuple[str, ...]) -> str:
         base = "/".join(path)

@@ -309,3 +309,4 @@ class _ToAst(Transformer):
         return A.Call(self.p(meta), ch[0], args)
 
     shared_call, task_call, bank_call = _with_sharing("shared"), _with_sharing("task"), _with_sharing("bank")
+    stack_call = _with_sharing("stack")

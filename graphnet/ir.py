@@ -46,6 +46,7 @@ class OpNode(BaseModel):
     attrs: dict[str, Any] = {}
     inputs: list[str] = []
     width: int
+    stack: int = 1                # a stack of k features: k members of width // k, side by side
     kind: Literal["features", "task_id"] = "features"
     module: str | None = None
     role: Role

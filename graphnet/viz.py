@@ -147,7 +147,7 @@ def _label(box: Box, sharing: str | None, sizes: Sizes, bank: dict | None) -> st
         head += f"  <I>{html.escape(_name(n))}</I>"
     if len(box.members) > 1:
         head += f'  <FONT COLOR="#b00000"><B>x {len(box.members)}</B></FONT>'
-    detail = [f"\u2192 {n.width}"]
+    detail = [f"\u2192 {n.stack} \u00d7 {n.width // n.stack}" if n.stack > 1 else f"\u2192 {n.width}"]
     if copies := _copies(sharing, sizes, bank):
         detail.append(copies)
     lines = [head, " \u00b7 ".join(detail)]

@@ -33,6 +33,7 @@ from graphnet.compiler import AgentNets, build, built_counts, reference_trunk
 from graphnet.cli import main
 from graphnet.compiler.lower import trunk_nodes
 from graphnet.compiler.modules import TaskLayout, _Compose
+from graphnet.compiler.verify import float64
 
 OBS, ACT, T, META = 6, 2, 3, 12
 TIGHT = dict(rtol=1e-9, atol=1e-9)        # float64: only summation order differs
@@ -66,6 +67,12 @@ SETTINGS = [
     ("shared_unique", dict(K=3, H=8, N=1, U=3, UH=6)),
     ("taco", dict(K=2, H=16, N=2)),
     ("taco", dict(K=3, H=8, N=1)),
+    ("moore", dict(K=3, H=8, D=5)),
+    ("moore", dict(K=2, H=6, D=4)),
+    ("mmoe", dict(K=3, H=8, D=5, TOWER=6)),
+    ("mmoe", dict(K=2, H=6, D=4, TOWER=4)),
+    ("hyper", dict(H=8, N=2, Z=4, G=6)),
+    ("hyper", dict(H=6, N=1, Z=3, G=5)),
 ]
 BANK_SPECS = {"paco", "shared_unique", "taco"}
 
@@ -82,7 +89,8 @@ BATCHES = {
 LABELS = {"mtsac": {"h", "out"}, "mhsac": {"h", "out"}, "film": {"z", "h", "out"}, "dgrad_a": {"z", "h", "out"},
           "softmod": {"f", "z", "h", "out"}, "care": {"h", "out"}, "ptsl": {"y", "h", "out"},
           "care_ptsl": {"y", "h", "out"}, "paco": {"h", "out"}, "shared_unique": {"h", "out"},
-          "taco": {"h", "out"}}
+          "taco": {"h", "out"}, "moore": {"experts", "weights", "out"}, "mmoe": {"experts", "gate", "out"},
+          "hyper": {"h", "z", "weights", "out"}}
 TRACING_ARTEFACTS = ("getattr_", "getitem", "_tensor_constant")
 
 
@@ -98,14 +106,10 @@ def settings(per_spec: int | None = None) -> list:
 
 
 @pytest.fixture(autouse=True)
-def float64():
+def in_float64():
     """Every test in float64 from a fixed seed; the default dtype and the global RNG are restored after."""
-    dtype = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
+    with float64():
         yield
-    torch.set_default_dtype(dtype)
 
 
 # ----------------------------------------------------------------------------------------- helpers

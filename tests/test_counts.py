@@ -207,6 +207,28 @@ def taco_counts(obs, act, tasks, K=5, H=400, N=3) -> Agent:
                  critic=Net(bank=mlp(obs + act + tasks, H, N, 1)), k=K)
 
 
+def moore_counts(obs, act, tasks, K=4, H=400, D=400) -> Agent:
+    def trunk(i, o):
+        experts = K * mlp(i, H, 1, D)             # K expert MLPs
+        weighting = linear(tasks, K, bias=False)  # the task's weights of the experts, from the one-hot
+        return Net(shared=experts + weighting, task=linear(D, o))
+    return Agent(actor=trunk(obs, 2 * act), critic=trunk(obs + act, 1))
+
+
+def mmoe_counts(obs, act, tasks, K=4, H=400, D=400, TOWER=128) -> Agent:
+    def trunk(i, o):
+        experts = K * (linear(i, H) + linear(H, D))
+        return Net(shared=experts, task=linear(i, K) + mlp(D, TOWER, 1, o))   # a gate and a tower per task
+    return Agent(actor=trunk(obs, 2 * act), critic=trunk(obs + act, 1))
+
+
+def hyper_counts(obs, act, tasks, H=400, N=2, Z=64, G=256) -> Agent:
+    def trunk(i, o):
+        generator = linear(Z, G) + linear(G, H * o + o)    # z -> the last layer's matrix and bias
+        return Net(shared=hidden(i, H, N) + generator, task=Z)
+    return Agent(actor=trunk(obs, 2 * act), critic=trunk(obs + act, 1))
+
+
 # ----------------------------------------------------------------------------- the tests
 @pytest.mark.parametrize("params,env", cases([{}, {"H": 256}, {"N": 1}, {"N": 4, "H": 64}]))
 def test_mtsac(params, env):
@@ -280,6 +302,21 @@ def test_shared_unique(params, env):
 @pytest.mark.parametrize("params,env", cases([{}, {"K": 8}, {"H": 200, "N": 2}]))
 def test_taco(params, env):
     check("taco", params, env, taco_counts(*env, **params))
+
+
+@pytest.mark.parametrize("params,env", cases([{}, {"K": 2}, {"H": 64, "D": 32}]))
+def test_moore(params, env):
+    check("moore", params, env, moore_counts(*env, **params))
+
+
+@pytest.mark.parametrize("params,env", cases([{}, {"K": 6}, {"H": 64, "D": 32, "TOWER": 16}]))
+def test_mmoe(params, env):
+    check("mmoe", params, env, mmoe_counts(*env, **params))
+
+
+@pytest.mark.parametrize("params,env", cases([{}, {"N": 3}, {"H": 64, "Z": 8, "G": 32}]))
+def test_hyper(params, env):
+    check("hyper", params, env, hyper_counts(*env, **params))
 
 
 def test_every_library_spec_is_covered():

@@ -88,7 +88,8 @@ def _elu_reference(x: Tensor) -> Tensor:
 
 
 def _elementwise(name: str, doc: str, forward, reference, zero_preserving: bool, **extra) -> OpDef:
-    return register(OpDef(name, doc, first, forward, reference, zero_preserving=zero_preserving, **extra))
+    return register(OpDef(name, doc, first, forward, reference, zero_preserving=zero_preserving,
+                          stacks=extra.pop("stacks", "elementwise"), **extra))
 
 
 _elementwise("relu", "max(x, 0)", relu, lambda x: torch.clamp(x, min=0), True, in_place=relu_)
@@ -97,18 +98,18 @@ _elementwise("sigmoid", "1 / (1 + exp(-x))", sigmoid, lambda x: 1 / (1 + torch.e
 _elementwise("gelu", "Gaussian error linear unit", gelu, _gelu_reference, True)
 _elementwise("elu", "exponential linear unit", elu, _elu_reference, True)
 _elementwise("softmax", "softmax over the features", ensemble.softmax, lambda x: torch.exp(x) / torch.exp(x).sum(),
-             False)
+             False, stacks="plain")
 _elementwise("detach", "the same values, no gradient flows back (features trained by another loss)", detach,
              lambda x: x.detach(), True)
 
 
 # ------------------------------------------------------------------------------------ concat, arithmetic
-def concat(*xs: Tensor) -> Tensor:
+def concat(*xs: Tensor, **_) -> Tensor:
     return ensemble.cat(list(xs))
 
 
-register(OpDef("concat", "features side by side", lambda w, a: sum(w), concat, lambda *xs: torch.cat(xs),
-               inputs=(1, None)))
+register(OpDef("concat", "features side by side (a stack's members too: concat(s) is its k * W features)",
+               lambda w, a: sum(w), concat, lambda *xs, **_: torch.cat(xs), inputs=(1, None), stacks="read"))
 
 
 def add(a: Tensor, b: Tensor) -> Tensor:
@@ -123,18 +124,33 @@ def mul(a: Tensor, b: Tensor) -> Tensor:
     return torch.mul(a, b)
 
 
+def div(a: Tensor, b: Tensor) -> Tensor:
+    return torch.div(a, b)
+
+
 def scale(x: Tensor, factor: float) -> Tensor:
     return x * factor
 
 
-def _arithmetic(name: str, doc: str, symbol: str, drawn: str, forward, reference) -> OpDef:
-    return register(OpDef(name, doc, lambda w, a: same(w, f"'{symbol}'"), forward, reference, inputs=(2, 2),
-                          zero_preserving=True, label=lambda a: drawn, examples=(f"x {symbol} y",), in_language=False))
+def _broadcast(symbol: str):
+    """Equal widths, or one side of width 1 (a per-sample number, e.g. norm(x)) against any width."""
+    def width(w: list[int], a: dict) -> int:
+        return max(w) if 1 in w else same(w, f"'{symbol}'")
+    return width
+
+
+def _arithmetic(name: str, doc: str, symbol: str, drawn: str, forward, reference, zero_preserving=True,
+                examples: tuple[str, ...] = ()) -> OpDef:
+    return register(OpDef(name, doc, _broadcast(symbol), forward, reference, inputs=(2, 2),
+                          zero_preserving=zero_preserving, label=lambda a: drawn, stacks="elementwise",
+                          examples=examples or (f"x {symbol} y", f"x {symbol} norm(z)"), in_language=False))
 
 
 ADD = _arithmetic("add", "a + b", "+", "+", add, lambda a, b: a + b)
 _arithmetic("sub", "a - b", "-", "\u2212", sub, lambda a, b: a - b)
 _arithmetic("mul", "a * b, element-wise", "*", "\u00d7", mul, lambda a, b: a * b)
+_arithmetic("div", "a / b, element-wise", "/", "\u00f7", div, lambda a, b: a / b, zero_preserving=False,
+            examples=("x / norm(z)", "norm(x) / norm(z)"))
 register(OpDef("scale", "x times a constant", first, scale, lambda x, factor: factor * x, kwargs={"factor": 1.0},
                zero_preserving=True, label=lambda a: f"\u00d7 {a['factor']:g}", examples=("0.5 * x", "-x"),
-               in_language=False))
+               stacks="elementwise", in_language=False))
