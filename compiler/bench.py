@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .._spec import Spec
 from ..errors import GraphnetError
-from ..ir import nodes
+from ..ir import nodes, reads_metadata
 from .build import AgentNets, build, compile_module
 from .reference import reference_trunk
 
@@ -116,7 +116,7 @@ def bench(spec: Spec, obs_dim: int = 39, act_dim: int = 4, tasks: int = 10, batc
         raise GraphnetError("--ops times eager CPU ops one by one: not with --compile or on CUDA (there, use "
                             "torch.profiler or Nsight Systems)")
     torch.manual_seed(0)
-    reads_meta = any(node.op == "meta" for node in nodes(spec.graph_for(obs_dim, act_dim, tasks)))
+    reads_meta = reads_metadata(nodes(spec.graph_for(obs_dim, act_dim, tasks)))
     meta = torch.randn(tasks, 768) if reads_meta else None  # stand-in description embeddings
     eager = build(spec, obs_dim, act_dim, tasks, device=device, task_metadata=meta)
     nets = eager if not compile else build(spec, obs_dim, act_dim, tasks, device=device, compile=compile,

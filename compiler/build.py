@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._spec import Spec
 from ..errors import DeviceError, GraphnetError
-from ..ir import modules, nodes
+from ..ir import modules, nodes, reads_metadata
 from .host_memory import keep_freed_memory
 from .lower import lower
 from .modules import ParamOp, TaskLayout
@@ -142,7 +142,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     `[S, T]`), and the networks take one batch per seed (`[S, B, ...]`; see Actor, Critic)."""
     meta_width = task_metadata.shape[1] if task_metadata is not None else 768
     g = spec.graph_for(obs_dim, act_dim, num_tasks, meta_width)
-    if task_metadata is None and any(n.op == "meta" for n in nodes(g)):
+    if task_metadata is None and reads_metadata(nodes(g)):
         raise GraphnetError(f"{spec.path} reads meta(task): pass task_metadata, a [tasks, width] tensor")
     bank = g.graph["bank"]
     table = None

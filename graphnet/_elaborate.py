@@ -426,7 +426,8 @@ class Elaborator:
 
     def stack_call(self, c: A.Call, scope: Scope, out_hint: int | None) -> Any:
         """`stack(k) f(...)`: k independent copies of op or block f (each its own parameters) applied to the
-        same inputs, evaluated once; their outputs side by side as a stack of k."""
+        same inputs, evaluated once (an input that is a stack of k: member j to copy j); their outputs side by
+        side as a stack of k."""
         s = c.sharing
         assert s is not None
         if len(s.args) != 1 or isinstance(s.args[0], (A.Kwarg, A.Arrow)):
@@ -451,10 +452,18 @@ class Elaborator:
             name = A.Name(expr.pos, f"#input{i}")
             args.append(replace(arg, src=name) if isinstance(arg, A.Arrow) else name)
         member_call = replace(c, args=tuple(args), sharing=None)
+        stacked = {name: v for name, v in inputs.items() if name.startswith("#") and isinstance(v, Tensor)
+                   and v.stack > 1}
+        for v in stacked.values():
+            if v.stack != k:
+                self.errors.append(WidthError(f"stack({k}) of a stack of {v.stack}: each copy reads its own member, "
+                                              "so the sizes must agree", c.pos))
+                return POISON
         members = []
         for j in range(k):
-            member = self.call(member_call, replace(scope, vars=inputs, path=scope.path + (f"member={j}",)),
-                               out_hint)
+            own = {name: self.op_node("member", [v], {"i": j}, scope, c.pos) for name, v in stacked.items()}
+            member = self.call(member_call, replace(scope, vars={**inputs, **own},
+                                                    path=scope.path + (f"member={j}",)), out_hint)
             if member is POISON:
                 return POISON
             if not isinstance(member, Tensor) or member.stack != 1:
@@ -806,7 +815,7 @@ class Elaborator:
             m = self.g.graph["modules"][module]
             if m.in_widths is None:
                 m.in_widths, m.per_copy = widths, per_copy
-        stack = opdef.stack_out(attrs) if opdef.stack_out else max(stacks, default=1) \
+        stack = opdef.stack_out(widths, attrs) if opdef.stack_out else max(stacks, default=1) \
             if opdef.stacks == "elementwise" else 1
         return self.add_node(op, inputs, attrs, width, scope, pos, module=module, stack=stack)
 

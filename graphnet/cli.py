@@ -12,7 +12,7 @@ from ._spec import Sizes, Spec, load, parse_value, settings
 from pydantic import ValidationError
 
 from .errors import GraphnetError, SpecErrors, UsageError
-from .ir import nodes
+from .ir import nodes, reads_metadata
 from .matching import COUNTS, ablate, budget_like, provenance, solve, write_resolved
 
 
@@ -132,7 +132,7 @@ def cmd_compile(args) -> int:
     from .compiler import build, built_counts
     spec = _load(args)
     g = spec.graph_for(obs=args.obs, act=args.act, tasks=args.tasks)
-    reads_meta = any(n.op == "meta" for n in nodes(g))
+    reads_meta = reads_metadata(nodes(g))
     nets = build(spec, args.obs, args.act, args.tasks, device="cpu",
                  task_metadata=torch.zeros(args.tasks, 768) if reads_meta else None)
     built, report = built_counts(nets), spec.params(obs=args.obs, act=args.act, tasks=args.tasks)

@@ -69,5 +69,11 @@ def nodes(g: nx.DiGraph) -> list[OpNode]:
     return [g.nodes[n]["data"] for n in nx.topological_sort(g)]
 
 
+def reads_metadata(ops: list[OpNode]) -> bool:
+    """Whether these nodes read the tasks' metadata table (`meta(task)`): a run must then provide it."""
+    from . import registry
+    return any(n.op not in ("input", "output") and registry.get(n.op).reads_metadata for n in ops)
+
+
 def modules(g: nx.DiGraph) -> dict[str, Module]:
     return g.graph["modules"]

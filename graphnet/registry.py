@@ -21,7 +21,7 @@ Calling conventions (the same for built-in and user ops):
 - stacks: a stack of k features of width W (`stack(k) f(x)`: k independent copies of f) is a value of width
   k * W, members side by side, and the width rule sees that width. A `plain` op refuses stacks; an
   `elementwise` one applies to every member alike (a stack and a width-1 value broadcast); a `read` op takes
-  stacks: its attrs get `k`, the first input's stack size, and `stack_out(attrs)` gives its output's.
+  stacks: its attrs get `k`, the first input's stack size, and `stack_out(widths, attrs)` gives its output's.
 """
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class OpDef:
     dense_layer: bool = False                        # y = x weight + bias: the compiler may fuse, pad, accumulate it
     in_place: Callable[..., Any] | None = None       # forward overwriting its input, where nothing else reads it
     stacks: Literal["plain", "elementwise", "read"] = "plain"   # on stacks of k features (see below)
-    stack_out: Callable[[dict], int] | None = None   # "read" ops: the stack size of the output (default plain)
+    stack_out: Callable[[list[int], dict], int] | None = None   # the output's stack size (default: plain)
     label: Callable[[dict], str] | None = None       # its text in a drawing (default: the name)
     parts: dict[str, Callable[..., Any]] = field(default_factory=dict)   # pieces the compiler may run apart
     task_rows: Callable[..., Any] | None = None      # applies parts["coefficients"] computed on one row per task

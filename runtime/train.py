@@ -30,7 +30,7 @@ import graphnet
 
 from ..compiler.build import resolve_device
 from ..errors import EnvError, RunError
-from ..ir import nodes
+from ..ir import nodes, reads_metadata
 from ..train_config import TAPER
 from . import checkpoint
 from .config import RunConfig
@@ -58,7 +58,7 @@ def check(cfg: RunConfig, resume: bool, sizes: graphnet.Sizes | None = None) -> 
     sizes = sizes or graphnet.Sizes(obs=39, act=4, tasks=len(task_names(cfg.env)))
     spec = graphnet.load(cfg.spec, sizes, **cfg.overrides)
     g = spec.graph_for(sizes.obs, sizes.act, sizes.tasks)
-    if any(n.op == "meta" for n in nodes(g)):
+    if reads_metadata(nodes(g)):
         raise RunError(f"{cfg.spec} reads meta(task), but Meta-World ships no task description embeddings; "
                        "use a learned task embedding (for care: --set ctx=learned)")
     if cfg.train.sampling.kind == "taco" and g.graph["bank"] is None:

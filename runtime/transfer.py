@@ -59,7 +59,7 @@ from ..compiler.lower import trunk_nodes
 from ..compiler.modules import ParamOp
 from .. import registry
 from ..errors import TransferError
-from ..ir import modules, node, nodes
+from ..ir import modules, node, nodes, reads_metadata
 from ..train_config import TAPER, TrainConfig, UniformSampling
 from . import checkpoint
 from .config import RunConfig
@@ -122,7 +122,7 @@ class Source:
             raise TransferError(f"{self.cfg.spec}: the actor has task-specific layers ({', '.join(per_task)}): they "
                                 "hold one copy per source task and none for a new one, and transfer learns only w; "
                                 "use a spec whose actor is shared and bank(K) layers only")
-        if any(n.op == "meta" for n in trunk_nodes(g, g.graph["outputs"]["actor"])):
+        if reads_metadata(trunk_nodes(g, g.graph["outputs"]["actor"])):
             raise TransferError(f"{self.cfg.spec}: the actor reads meta(task), which has no row for a new task")
         if g.graph["bank"]["w"] == "onehot":
             raise TransferError(f"{self.cfg.spec}: bank(K, w = onehot) ties K to the number of tasks; the transfer "

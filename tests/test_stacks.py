@@ -164,3 +164,28 @@ def test_cares_mixture_is_a_mix_of_stacked_experts(tmp_path):
     obs, act, task = torch.randn(6, 5), torch.randn(6, 2), torch.arange(3).repeat(2)
     torch.testing.assert_close(b.actor(obs, task)[0], a.actor(obs, task)[0])
     torch.testing.assert_close(b.critic(obs, act, task)[0], a.critic(obs, act, task)[0])
+
+
+@pytest.mark.parametrize("settings", [{}, {"L": 2, "M": 2, "W": 256}, {"L": 1, "M": 3}, {"L": 3, "M": 2}])
+def test_soft_modularization_from_primitives_counts_as_the_ops(settings):
+    """examples/softmod_from_primitives.gn: the router and modular ops' parameters, written with stack(M), mix by
+    routing matrices, softmax per member and as_stack."""
+    primitives = Path(__file__).resolve().parents[1] / "examples" / "softmod_from_primitives.gn"
+    ours = graphnet.load(str(primitives), **settings).params()
+    assert ours.model_dump(exclude={"by_module"}) == graphnet.load("softmod", **settings).params().model_dump(
+        exclude={"by_module"})
+
+
+def test_soft_modularization_from_primitives_compiles_to_its_reference():
+    from graphnet.compiler import reference_trunk
+    primitives = Path(__file__).resolve().parents[1] / "examples" / "softmod_from_primitives.gn"
+    spec = graphnet.load(str(primitives), SMALL, L=3, M=2, W=4, G=6, E=8)
+    nets = build(spec, 5, 2, 3, device="cpu")
+    with torch.no_grad():
+        for p in nets.parameters():
+            p.copy_(0.5 * torch.randn_like(p))
+    obs, act = torch.randn(7, 5), torch.randn(7, 2)
+    for task in (torch.arange(3).repeat_interleave(2), torch.tensor([2, 0, 2, 2, 0, 1, 0])):
+        n = len(task)
+        torch.testing.assert_close(nets.critic.trunk(obs[:n], task, act[:n]),
+                                   reference_trunk(nets, "critic", obs[:n], task, act[:n]))

@@ -97,8 +97,20 @@ _elementwise("tanh", "tanh(x)", tanh, lambda x: torch.tanh(x), True)
 _elementwise("sigmoid", "1 / (1 + exp(-x))", sigmoid, lambda x: 1 / (1 + torch.exp(-x)), False)
 _elementwise("gelu", "Gaussian error linear unit", gelu, _gelu_reference, True)
 _elementwise("elu", "exponential linear unit", elu, _elu_reference, True)
-_elementwise("softmax", "softmax over the features", ensemble.softmax, lambda x: torch.exp(x) / torch.exp(x).sum(),
-             False, stacks="plain")
+def softmax(x: Tensor, k: int) -> Tensor:
+    """Over the features; of a stack, over each member's."""
+    if k == 1:
+        return ensemble.softmax(x)
+    return ensemble.softmax(x.reshape(*x.shape[:-1], k, -1)).flatten(-2)
+
+
+def _softmax_reference(x: Tensor, k: int) -> Tensor:
+    return torch.cat([torch.exp(m) / torch.exp(m).sum() for m in x.reshape(k, -1)])
+
+
+register(OpDef("softmax", "softmax over the features (of a stack: over each member's)", first, softmax,
+               _softmax_reference, stacks="read", stack_out=lambda w, a: a["k"],
+               examples=("softmax(x)", "softmax(as_stack(x, k = 2))")))
 _elementwise("detach", "the same values, no gradient flows back (features trained by another loss)", detach,
              lambda x: x.detach(), True)
 

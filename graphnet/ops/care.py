@@ -44,7 +44,8 @@ def _mixture_reference(p: dict[str, Tensor], x: Tensor, attention: Tensor, exper
 
 register(OpDef(
     "mixture", "CARE: k expert MLPs of x, weighted by `weights` (width k); k (x W + W + (layers - 1)(W² + W)) "
-    "parameters; the same as mix(stack(k) expert(x -> W), weights), the form care.gn is written in", _mixture_width, _mixture, _mixture_reference, inputs=(2, 2), input_names=("x", "weights"),
+    "parameters; the same as mix(stack(k) expert(x -> W), weights), the form care.gn is written in",
+    _mixture_width, _mixture, _mixture_reference, inputs=(2, 2), input_names=("x", "weights"),
     params=_mixture_params, kwargs={"experts": 4, "width": 50, "layers": 2},
     examples=("mixture(x, softmax(z), experts = Z, width = W)", "mixture(x, z, experts = Z, width = 5, layers = 3)"),
     label=lambda a: f"mixture of {a['experts']}"))

@@ -48,7 +48,7 @@ def total(x: Tensor) -> Tensor:
 
 register(OpDef("stack", "k values of one width side by side as a stack (what stack(k) f(x) makes)",
                lambda w, a: sum(w) if len(set(w)) == 1 else _unequal(w), stack,
-               lambda *xs, k: torch.cat(xs), inputs=(1, None), stack_out=lambda a: a["k"],
+               lambda *xs, k: torch.cat(xs), inputs=(1, None), stack_out=lambda w, a: a["k"],
                kwargs={"k": 1}, label=lambda a: f"stack of {a['k']}", in_language=False,
                examples=("stack(3) linear(x -> 5)", "stack(2) tanh(x)")))
 
@@ -69,6 +69,22 @@ def gram_schmidt(x: Tensor, k: int) -> Tensor:
     return torch.cat(basis, -1)
 
 
+def as_stack(x: Tensor, k: int) -> Tensor:
+    return x
+
+
+def _as_stack_width(w: list[int], a: dict) -> int:
+    if w[0] % a["k"]:
+        raise OpArgError(f"as_stack(x, k = {a['k']}) of {w[0]} features: {w[0]} is not a multiple of {a['k']}",
+                         width=True)
+    return w[0]
+
+
+register(OpDef("as_stack", "features of width k * W read as a stack of k members of width W (in order)",
+               _as_stack_width, as_stack, lambda x, k: x, kwargs={"k": 2}, stack_out=lambda w, a: a["k"],
+               examples=("as_stack(linear(x -> 6), k = 3)",)))
+
+
 def _gram_schmidt_reference(x: Tensor, k: int) -> Tensor:
     vectors = list(x.reshape(k, -1))
     out: list[Tensor] = []
@@ -80,31 +96,42 @@ def _gram_schmidt_reference(x: Tensor, k: int) -> Tensor:
 
 register(OpDef("gram_schmidt", "a stack's members made orthonormal per sample (Gram-Schmidt, in member order)",
                lambda w, a: w[0], gram_schmidt, _gram_schmidt_reference, stacks="read",
-               stack_out=lambda a: a["k"], examples=("gram_schmidt(stack(3) linear(x -> W))",
+               stack_out=lambda w, a: a["k"], examples=("gram_schmidt(stack(3) linear(x -> W))",
                                                      "gram_schmidt(stack(2) linear(z -> 5))")))
 
 
 def _mix_width(w: list[int], a: dict) -> int:
-    if w[1] != a["k"]:
+    if w[1] % a["k"]:
         raise OpArgError(f"mix of a stack of {a['k']} needs one weight per member, got width {w[1]}", width=True,
                          hint="e.g. mix(s, softmax(linear(x -> k)))")
-    return w[0] // a["k"]
+    return w[0] // a["k"] * (w[1] // a["k"])
 
 
 def mix(s: Tensor, weights: Tensor, k: int) -> Tensor:
+    """`[E, B, k * W]` by `[E, B, k]` (one weight per member) or `[E, B, n * k]` (n rows of weights, a new
+    stack of n)."""
     s, weights = ensemble.aligned(s, weights)
-    return (_members(s, k) * weights.unsqueeze(-1)).sum(-2)
+    members = _members(s, k)
+    if weights.shape[-1] == k:
+        return (members * weights.unsqueeze(-1)).sum(-2)
+    rows = _members(weights, weights.shape[-1] // k)                      # [E, B, n, k]
+    return (rows @ members).flatten(-2)
 
 
 def _mix_reference(s: Tensor, weights: Tensor, k: int) -> Tensor:
-    rows = s.reshape(k, -1)
-    return torch.stack([weights[i] * rows[i] for i in range(k)]).sum(0)
+    members = s.reshape(k, -1)
+    rows = weights.reshape(-1, k)
+    return torch.cat([torch.stack([row[i] * members[i] for i in range(k)]).sum(0) for row in rows])
 
 
-register(OpDef("mix", "the weighted sum of a stack's members, one weight per member (width k)", _mix_width, mix,
-               _mix_reference, inputs=(2, 2), input_names=("s", "weights"), stacks="read",
-               examples=("mix(stack(3) linear(x -> W), softmax(linear(z -> 3)))",
-                         "mix(stack(2) tanh(linear(x -> 5)), linear(z -> 2))")))
+register(OpDef("mix", "the weighted sum of a stack's k members, one weight per member (width k); with a stack of n "
+               "rows of k weights, n such sums: a stack of n", _mix_width, mix, _mix_reference, inputs=(2, 2),
+               input_names=("s", "weights"), stacks="read",
+               stack_out=lambda w, a: w[1] // a["k"] if w[1] > a["k"] else 1,
+               examples=(
+                   "mix(stack(3) linear(x -> W), softmax(linear(z -> 3)))",
+                   "mix(stack(2) tanh(linear(x -> 5)), linear(z -> 2))",
+                   "mix(stack(3) linear(x -> 5), softmax(as_stack(linear(z -> 6), k = 2)))")))
 register(OpDef("mean", "the mean of a stack's members", _member_width, mean,
                lambda s, k: s.reshape(k, -1).sum(0) / k, input_names=("s",), stacks="read",
                examples=("mean(stack(3) linear(x -> 5))",)))
