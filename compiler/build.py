@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from .._spec import Spec
 from ..errors import DeviceError, GraphnetError
-from ..ir import modules, nodes, reads_metadata
+from ..ir import info, modules, nodes, reads_metadata
 from .host_memory import keep_freed_memory
 from .lower import lower
 from .modules import ParamOp, TaskLayout
@@ -144,7 +144,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     g = spec.graph_for(obs_dim, act_dim, num_tasks, meta_width)
     if task_metadata is None and reads_metadata(nodes(g)):
         raise GraphnetError(f"{spec.path} reads meta(task): pass task_metadata, a [tasks, width] tensor")
-    bank = g.graph["bank"]
+    bank = info(g).bank
     table = None
     group = (seeds,) if seeds > 1 else ()
     if bank:
@@ -157,7 +157,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
     actor = Actor(Trunk(lower(g, "actor", op_modules, meta, seeds=seeds), num_tasks, reads_act=False))
     critic = Critic(Trunk(lower(g, "critic", op_modules, meta, seeds=seeds), num_tasks, reads_act=True))
     shared = [op_modules[mid] for mid, m in modules(g).items() if m.role == "common"]
-    keep = [*shared, *([table] if table is not None else [])] if g.graph["target"] == "shared" else []
+    keep = [*shared, *([table] if table is not None else [])] if info(g).target == "shared" else []
     critic_target = copy.deepcopy(critic, memo={id(obj): obj for obj in keep})   # shares, never copies, these
     shared_params = {id(p) for m in shared for p in m.parameters()} | ({id(table)} if table is not None else set())
     for p in critic_target.parameters():
@@ -165,7 +165,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
             p.requires_grad_(False)
     features = nn.ModuleDict({name: Trunk(lower(g, "feature", op_modules, meta, out=nid, seeds=seeds), num_tasks,
                                           False)
-                              for name, nid in g.graph["features"].items()
+                              for name, nid in info(g).features.items()
                               if "act" not in g or not nx.has_path(g, "act", nid)})
     log_alpha = nn.Parameter(torch.full((*group, num_tasks), math.log(spec.train.init_alpha)))
     nets = AgentNets(actor, critic, critic_target, log_alpha, table, g, op_modules, features, seeds)

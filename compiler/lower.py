@@ -14,7 +14,7 @@ from torch import Tensor, fx, nn
 
 from .. import registry
 from ..errors import UserOpError
-from ..ir import OpNode
+from ..ir import info, trunk_nodes
 from ..ops.basic import ADD
 from ..ops.ensemble import aligned
 from .modules import ParamOp, shared_input_linears
@@ -26,12 +26,6 @@ STRUCTURE = ("input", "output")   # graph nodes that are not ops
 def features(x: Tensor) -> Tensor:
     """An input batch `[B, n]` as an ensemble of one, `[1, B, n]`; a group of seeds' `[S, B, n]` as it is."""
     return x if x.dim() == 3 else x.unsqueeze(0)
-
-
-def trunk_nodes(g: nx.DiGraph, out: str) -> list[OpNode]:
-    """The nodes that compute node `out` (an output, or a named feature), in topological order."""
-    keep = nx.ancestors(g, out) | {out}
-    return [g.nodes[n]["data"] for n in nx.topological_sort(g) if n in keep]
 
 
 def attr_name(module_id: str) -> str:
@@ -65,7 +59,7 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
                                                  name=f"{values[node_id].name}_per_sample")
         return sampled[node_id]
 
-    nodes = trunk_nodes(g, out or g.graph["outputs"][role])
+    nodes = trunk_nodes(g, out) if out else info(g).trunk(role)
     reads_task = any(n.op not in STRUCTURE and registry.get(n.op).reads_task for n in nodes)
     rows = graph.create_node("call_function", per_task, (layout,), {}, name="tasks") if reads_task else None
     for n in nodes:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .. import registry
 from .build import AgentNets
-from .lower import trunk_nodes
+from ..ir import info
 
 
 def reference_trunk(nets: AgentNets, role: str, obs: Tensor, task: Tensor, act: Tensor | None = None) -> Tensor:
@@ -22,7 +22,7 @@ def reference_trunk(nets: AgentNets, role: str, obs: Tensor, task: Tensor, act: 
     ensemble = 2 if role == "critic" else 1
     rows = []
     for e in range(ensemble):
-        rows.append(torch.stack([_sample(nets, trunk_nodes(g, g.graph["outputs"][role]), e, obs[b], int(task[b]),
+        rows.append(torch.stack([_sample(nets, info(g).trunk(role), e, obs[b], int(task[b]),
                                          act[b] if act is not None else None) for b in range(obs.shape[0])]))
     return torch.stack(rows)
 

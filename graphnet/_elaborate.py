@@ -15,7 +15,7 @@ import networkx as nx
 from . import _ast as A
 from .errors import (CycleError, OpArgError, OpError, ParamError, Pos, SpecError, UnknownName, Warning_, WidthError,
                      did_you_mean)
-from .ir import Edge, Module, OpNode, Role
+from .ir import Edge, Module, OpNode, Role, info, new_graph
 from . import registry
 
 MAX_REPEAT = 10_000
@@ -90,8 +90,7 @@ class Elaborator:
                  op_sources: set[str] | None = None):
         self.root, self.params, self.choices, self.env = root, params, param_choices, env
         self.op_sources = op_sources or {"graphnet"}     # where the ops it may call come from (op files imported)
-        self.g = nx.DiGraph(modules={}, outputs={}, bank=None, env=vars(env).copy(), params=dict(params),
-                            target="shared")
+        self.g = new_graph(vars(env), params)
         self.errors: list[SpecError] = []
         self.warnings: list[SpecError] = []
         self.assigned: list[tuple[str, str, Pos]] = []   # (name, node id, position) of created nodes
@@ -114,10 +113,10 @@ class Elaborator:
         scope = Scope({}, self.root, ())
         self.exec_body(agent.body, scope, agent=True)
         for role in ("actor", "critic"):
-            if role not in self.g.graph["outputs"] and not self.errors:
+            if role not in info(self.g).outputs and not self.errors:
                 self.errors.append(SpecError(f"the agent section does not define the {role}", agent.pos,
                                              f"add a line: {role} = <trunk>(...)"))
-        if "critic" in self.g.graph["outputs"]:    # whatever else is wrong: every agent error at once
+        if "critic" in info(self.g).outputs:    # whatever else is wrong: every agent error at once
             self._check_critic_reads_action(self.output_pos["critic"])
         if not self.errors:
             self._assign_roles_and_prune()
@@ -154,7 +153,7 @@ class Elaborator:
                 self.errors.append(OpError(f"agent option {opt.name} is one of: " +
                                            ", ".join(AGENT_OPTIONS[opt.name]), opt.value.pos))
             else:
-                self.g.graph[opt.name] = opt.value.id
+                setattr(info(self.g), opt.name, opt.value.id)
 
     # ----------------------------------------------------------------------------- statements
     def exec_body(self, body, scope: Scope, agent: bool = False) -> None:
@@ -206,7 +205,7 @@ class Elaborator:
                                                   f"outputs {value.width}", stmt.value.pos))
                     return
                 out = self.add_node("output", [value], {"role": target}, want, scope, stmt.pos, label=target)
-                self.g.graph["outputs"][target] = out.node
+                info(self.g).outputs[target] = out.node
                 self.output_pos[target] = stmt.pos
             elif value is not POISON:
                 self.errors.append(OpError(f"the {target} must be a network output, not {_kind(value)}",
@@ -632,9 +631,9 @@ class Elaborator:
             self.errors.append(ParamError(f"bank(K, w = onehot) needs K equal to the number of tasks "
                                           f"({self.env.tasks}), got {k}", s.pos))
             return POISON
-        current = self.g.graph["bank"]
+        current = info(self.g).bank
         if current is None:
-            self.g.graph["bank"] = {**setting, "pos": s.pos}
+            info(self.g).bank = {**setting, "pos": s.pos}
         elif {k2: current[k2] for k2 in setting} != setting:
             self.errors.append(ParamError("every bank of an agent shares one composition table w, so they must "
                                           f"agree on K, init and w (first set at line {current['pos'].line})",
@@ -644,7 +643,7 @@ class Elaborator:
 
     def template(self, op: str, attrs: dict, in_width: int | None, sharing, scope: Scope, pos: Pos) -> Template:
         mid = self.new_id("module", scope.path + (op,))
-        self.g.graph["modules"][mid] = Module(id=mid, op=op, attrs=attrs, sharing="shared", copies=1,
+        info(self.g).modules[mid] = Module(id=mid, op=op, attrs=attrs, sharing="shared", copies=1,
                                               per_copy=0, role="common", pos=pos)
         self._set_sharing(mid, sharing)
         return Template(mid, op, attrs, in_width, pos)
@@ -665,7 +664,7 @@ class Elaborator:
             self.errors.append(WidthError(f"'{c.callee[0]}' takes {t.in_width} features (line {t.pos.line}) but "
                                           f"gets {tensors[0].width}", c.pos))
             return POISON
-        module = self.g.graph["modules"][t.module]
+        module = info(self.g).modules[t.module]
         if module.in_widths is not None and [x.width for x in tensors] != module.in_widths:
             self.errors.append(WidthError(f"'{c.callee[0]}' was first called with widths {module.in_widths}, "
                                           f"here with {[x.width for x in tensors]}", c.pos,
@@ -809,10 +808,10 @@ class Elaborator:
         if opdef.parametric:
             if module is None:
                 module = self.new_id("module", scope.path + (op,))
-                self.g.graph["modules"][module] = Module(id=module, op=op, attrs=attrs, sharing="shared",
+                info(self.g).modules[module] = Module(id=module, op=op, attrs=attrs, sharing="shared",
                                                          copies=1, per_copy=0, role="common", pos=pos)
                 self._set_sharing(module, A.Sharing(pos, opdef.sharing) if opdef.sharing else sharing)
-            m = self.g.graph["modules"][module]
+            m = info(self.g).modules[module]
             if m.in_widths is None:
                 m.in_widths, m.per_copy = widths, per_copy
         stack = opdef.stack_out(widths, attrs) if opdef.stack_out else max(stacks, default=1) \
@@ -820,13 +819,13 @@ class Elaborator:
         return self.add_node(op, inputs, attrs, width, scope, pos, module=module, stack=stack)
 
     def _set_sharing(self, module: str, sharing: A.Sharing | None) -> None:
-        m = self.g.graph["modules"][module]
+        m = info(self.g).modules[module]
         if sharing is None or sharing.kind == "shared":
             m.sharing, m.copies = "shared", 1
         elif sharing.kind == "task":
             m.sharing, m.copies = "task", self.env.tasks
         else:
-            m.sharing, m.copies = "bank", self.g.graph["bank"]["K"]
+            m.sharing, m.copies = "bank", info(self.g).bank["K"]
 
     def add_node(self, op: str, inputs: list[Tensor], attrs: dict, width: int, scope: Scope, pos: Pos,
                  module: str | None = None, label: str | None = None, stack: int = 1) -> Tensor:
@@ -843,7 +842,7 @@ class Elaborator:
 
     def new_id(self, kind: str, path: tuple[str, ...]) -> str:
         base = "/".join(path)
-        taken = self.g.graph["modules"] if kind == "module" else self.g
+        taken = info(self.g).modules if kind == "module" else self.g
         nid, n = base, 1
         while nid in taken:
             n += 1
@@ -852,14 +851,14 @@ class Elaborator:
 
     # ----------------------------------------------------------------------------- whole-graph checks
     def _check_critic_reads_action(self, pos: Pos) -> None:
-        critic = self.g.graph["outputs"]["critic"]
+        critic = info(self.g).outputs["critic"]
         if "act" not in self.g or not nx.has_path(self.g, "act", critic):
             self.errors.append(SpecError("the critic never reads act: Q(s, a) needs the action", pos,
                                          "include act in the critic's input, e.g. concat(obs, act, onehot(task))"))
 
     def _assign_roles_and_prune(self) -> None:
         """Role of a node = the outputs it feeds (actor, critic, or both: common). Unused nodes are dropped."""
-        outputs = self.g.graph["outputs"]
+        outputs = info(self.g).outputs
         reach: dict[str, set[Role]] = {n: set() for n in self.g}
         for role, out in outputs.items():
             for n in nx.ancestors(self.g, out) | {out}:
@@ -876,7 +875,7 @@ class Elaborator:
             data.role = roles.pop() if len(roles) == 1 else "common"
             if data.module:
                 used.setdefault(data.module, set()).add(data.role)
-        modules = self.g.graph["modules"]
+        modules = info(self.g).modules
         for mid in list(modules):
             if mid not in used:
                 del modules[mid]
@@ -884,8 +883,8 @@ class Elaborator:
                 roles = used[mid]
                 modules[mid].role = roles.pop() if len(roles) == 1 else "common"
         if not any(m.sharing == "bank" for m in modules.values()):
-            self.g.graph["bank"] = None
-        if self.g.graph["target"] == "copy" and not any(m.role == "common" for m in modules.values()) and \
+            info(self.g).bank = None
+        if info(self.g).target == "copy" and not any(m.role == "common" for m in modules.values()) and \
                 not any(m.role == "critic" and m.sharing == "bank" for m in modules.values()):
             agent = self.root.spec.agent
             self.warnings.append(Warning_("agent(target = copy): actor and critic share no parameters, so the "

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from . import _ast as A
 from . import registry
+from .ir import info
 from ._elaborate import ENV_SYMBOLS, INPUTS, Elaborator, Env, FileScope, arithmetic
 from ._parser import parse
 from .errors import (CycleError, OpError, ParamError, Pos, SpecError, SpecErrors, TrainConfigError, UnknownName,
@@ -265,7 +266,7 @@ class Spec:
         if elab.errors:
             self.errors.extend(elab.errors)
             return g
-        g.graph["features"] = {k: v for k, v in elab.features.items() if v in g}
+        info(g).features = {k: v for k, v in elab.features.items() if v in g}
         self._graphs[_key(env)] = g
         return g
 
@@ -303,20 +304,20 @@ class Spec:
         t = self.train
         if g is None:
             return
-        if isinstance(t.sampling, GroupSampling) and max(sum(t.sampling.task_groups(), [])) >= g.graph["env"]["tasks"]:
+        if isinstance(t.sampling, GroupSampling) and max(sum(t.sampling.task_groups(), [])) >= info(g).sizes["tasks"]:
             self.errors.append(TrainConfigError(f"sampling groups name task {max(sum(t.sampling.task_groups(), []))}"
-                                                f", but there are {g.graph['env']['tasks']} tasks (0 to "
-                                                f"{g.graph['env']['tasks'] - 1})", where.get("sampling")))
-        if t.w_reset and g.graph["bank"] is None:
+                                                f", but there are {info(g).sizes['tasks']} tasks (0 to "
+                                                f"{info(g).sizes['tasks'] - 1})", where.get("sampling")))
+        if t.w_reset and info(g).bank is None:
             self.errors.append(TrainConfigError("w_reset re-draws a task's composition weights w, but no layer of "
                                                 "this agent is bank(K)", where.get("w_reset")))
-        if isinstance(t.sampling, TacoSampling) and g.graph["bank"] is None:
+        if isinstance(t.sampling, TacoSampling) and info(g).bank is None:
             self.errors.append(TrainConfigError("sampling = taco(...) groups tasks by their composition weights w, "
                                                 "but no layer of this agent is bank(K)", where.get("sampling")))
-        if t.triplet is not None and t.triplet.feature not in g.graph["features"]:
+        if t.triplet is not None and t.triplet.feature not in info(g).features:
             self.errors.append(TrainConfigError(f"triplet feature '{t.triplet.feature}' is not a feature named in "
                                                 "the agent section", where.get("triplet"),
-                                                did_you_mean(t.triplet.feature, g.graph["features"])))
+                                                did_you_mean(t.triplet.feature, info(g).features)))
 
     def _valid_train_options(self, raw: dict[str, Any], where: dict[str, Pos]) -> TrainConfig:
         """Report every invalid option at its position, then keep the valid ones, so that the checks

@@ -14,7 +14,7 @@ from __future__ import annotations
 import networkx as nx
 from pydantic import BaseModel
 
-from .ir import modules
+from .ir import info, modules
 
 
 class ModuleCount(BaseModel):
@@ -41,8 +41,8 @@ class ParamReport(BaseModel):
 
 
 def count(g: nx.DiGraph) -> ParamReport:
-    tasks = g.graph["env"]["tasks"]
-    bank = g.graph["bank"]
+    tasks = info(g).sizes["tasks"]
+    bank = info(g).bank
     table = tasks * bank["K"] if bank else 0
     role_total = {"actor": 0, "critic": 0, "common": table}
     per_sample = {"actor": 0, "critic": 0, "common": 0}
@@ -64,22 +64,17 @@ def count(g: nx.DiGraph) -> ParamReport:
             per_task[role] += w_row
     trainable = role_total["actor"] + role_total["critic"] + role_total["common"] + tasks
     target = role_total["critic"]
-    if g.graph["target"] == "copy":
+    if info(g).target == "copy":
         target += role_total["common"] - table + (table if bank and _uses_bank(g, "critic") else 0)
     return ParamReport(total=trainable + target, trainable=trainable, actor=role_total["actor"],
                        critic=role_total["critic"], critic_target=target, common=role_total["common"],
                        alpha=tasks, by_sharing=by_sharing, per_task=per_task, by_module=rows)
 
 
-def _trunk(g: nx.DiGraph, role: str) -> set[str]:
-    out = g.graph["outputs"][role]
-    return nx.ancestors(g, out) | {out}
-
-
 def _reads_common(g: nx.DiGraph, role: str) -> bool:
-    return any(g.nodes[n]["data"].role == "common" and g.nodes[n]["data"].module for n in _trunk(g, role))
+    return any(n.role == "common" and n.module for n in info(g).trunk(role))
 
 
 def _uses_bank(g: nx.DiGraph, role: str) -> bool:
     mods = modules(g)
-    return any((mid := g.nodes[n]["data"].module) and mods[mid].sharing == "bank" for n in _trunk(g, role))
+    return any(n.module and mods[n.module].sharing == "bank" for n in info(g).trunk(role))

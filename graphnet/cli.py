@@ -12,7 +12,7 @@ from ._spec import Sizes, Spec, load, parse_value, settings
 from pydantic import ValidationError
 
 from .errors import GraphnetError, SpecErrors, UsageError
-from .ir import nodes, reads_metadata
+from .ir import info, nodes, reads_metadata
 from .matching import COUNTS, ablate, budget_like, provenance, solve, write_resolved
 
 
@@ -107,11 +107,11 @@ def cmd_params(args) -> int:
 def cmd_show(args) -> int:
     spec = _load(args)
     g = spec.graph_for(obs=args.obs, act=args.act, tasks=args.tasks)
-    mods = g.graph["modules"]
+    mods = info(g).modules
     print(f"{spec.path}  hash {spec.hash}")
     print("params: " + settings(spec.values))
-    if g.graph["bank"]:
-        b = g.graph["bank"]
+    if info(g).bank:
+        b = info(g).bank
         print(f"bank: K = {b['K']}, init = {b['init']}, w = {b['w']} (table w: {args.tasks} x {b['K']})")
     for n in nodes(g):
         ins = ", ".join(n.inputs)

@@ -1,6 +1,7 @@
 """The graph IR: a networkx.DiGraph whose node and edge attributes are pydantic models."""
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import networkx as nx
@@ -75,5 +76,41 @@ def reads_metadata(ops: list[OpNode]) -> bool:
     return any(n.op not in ("input", "output") and registry.get(n.op).reads_metadata for n in ops)
 
 
+@dataclass
+class AgentInfo:
+    """What an agent graph holds beyond its nodes, typed (networkx keeps it in `g.graph["agent"]`; read it with
+    `info(g)`)."""
+
+    graph: nx.DiGraph = field(repr=False)
+    sizes: dict[str, int]                                   # obs, act, tasks, meta
+    params: dict[str, Any]                                  # the resolved param values
+    modules: dict[str, Module] = field(default_factory=dict)   # parameter groups by id
+    outputs: dict[str, str] = field(default_factory=dict)      # actor, critic -> their output node
+    features: dict[str, str] = field(default_factory=dict)     # agent-level named features -> node
+    bank: dict[str, Any] | None = None                      # K, init, w (and pos) of the agent's one bank table
+    target: Literal["shared", "copy"] = "shared"            # agent(target = ...)
+
+    def trunk(self, role: str) -> list[OpNode]:
+        """The nodes that compute `role`'s output (actor, critic), inputs first."""
+        return trunk_nodes(self.graph, self.outputs[role])
+
+
+def trunk_nodes(g: nx.DiGraph, out: str) -> list[OpNode]:
+    """The nodes that compute node `out` (an output, or a named feature), in topological order."""
+    keep = nx.ancestors(g, out) | {out}
+    return [g.nodes[n]["data"] for n in nx.topological_sort(g) if n in keep]
+
+
+def info(g: nx.DiGraph) -> AgentInfo:
+    return g.graph["agent"]
+
+
+def new_graph(sizes: dict[str, int], params: dict[str, Any]) -> nx.DiGraph:
+    """An empty agent graph with its AgentInfo."""
+    g = nx.DiGraph()
+    g.graph["agent"] = AgentInfo(g, dict(sizes), dict(params))
+    return g
+
+
 def modules(g: nx.DiGraph) -> dict[str, Module]:
-    return g.graph["modules"]
+    return info(g).modules

@@ -21,7 +21,7 @@ from . import registry
 from ._spec import MT10, Sizes, Spec, settings
 from .accounting import ParamReport, count
 from .errors import VizError
-from .ir import Module, OpNode, modules, nodes
+from .ir import Module, OpNode, info, modules, nodes
 
 FORMATS = ("svg", "png", "html", "dot")
 FILL = {"shared": "#a6cee3", "task": "#fdbf6f", "bank": "#b2df8a"}   # ColorBrewer Paired: blue, orange, green
@@ -202,7 +202,7 @@ def _title(spec: Spec, report: ParamReport, sizes: Sizes) -> str:
 def to_dot(spec: Spec, sizes: Sizes = MT10, expand: bool = False, rankdir: str = "TB") -> graphviz.Digraph:
     """The drawing as a graphviz.Digraph (no `dot` program needed to build or save its source)."""
     g = spec.graph_for(sizes.obs, sizes.act, sizes.tasks, sizes.meta)
-    report, mods, bank = count(g), modules(g), g.graph["bank"]
+    report, mods, bank = count(g), modules(g), info(g).bank
     found, box_of = boxes(g, expand)
     dot = graphviz.Digraph(Path(spec.path).stem)
     dot.attr(rankdir=rankdir, label=_title(spec, report, sizes), labelloc="t", fontname=FONT, fontsize="14",
@@ -289,7 +289,7 @@ def _render(dot: graphviz.Digraph, fmt: str) -> bytes:
 def html_page(spec: Spec, svg: str, sizes: Sizes = MT10) -> str:
     """A self-contained page: title, legend, the drawing (inline SVG) and the parameter summary."""
     report = spec.params(sizes.obs, sizes.act, sizes.tasks, sizes.meta)
-    bank = spec.graph_for(sizes.obs, sizes.act, sizes.tasks, sizes.meta).graph["bank"]
+    bank = info(spec.graph_for(sizes.obs, sizes.act, sizes.tasks, sizes.meta)).bank
     name = html.escape(Path(spec.path).name)
     svg = svg[svg.index("<svg"):]
     values = html.escape(settings(spec.values))

@@ -30,7 +30,7 @@ import graphnet
 
 from ..compiler.build import resolve_device
 from ..errors import EnvError, RunError
-from ..ir import nodes, reads_metadata
+from ..ir import info, nodes, reads_metadata
 from ..train_config import TAPER
 from . import checkpoint
 from .config import RunConfig
@@ -61,7 +61,7 @@ def check(cfg: RunConfig, resume: bool, sizes: graphnet.Sizes | None = None) -> 
     if reads_metadata(nodes(g)):
         raise RunError(f"{cfg.spec} reads meta(task), but Meta-World ships no task description embeddings; "
                        "use a learned task embedding (for care: --set ctx=learned)")
-    if cfg.train.sampling.kind == "taco" and g.graph["bank"] is None:
+    if cfg.train.sampling.kind == "taco" and info(g).bank is None:
         raise RunError("sampling = taco clusters the tasks' composition weights w, but the spec has no bank(K)")
     if cfg.seeds and (cfg.train.replay.kind == "taper" or cfg.train.sampling.kind == "taco"):
         kind = "replay = taper(...)" if cfg.train.replay.kind == "taper" else "sampling = taco(...)"

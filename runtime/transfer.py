@@ -55,11 +55,11 @@ from tqdm import tqdm
 import graphnet
 
 from ..compiler import AgentNets, build
-from ..compiler.lower import trunk_nodes
+
 from ..compiler.modules import ParamOp
 from .. import registry
 from ..errors import TransferError
-from ..ir import modules, node, nodes, reads_metadata
+from ..ir import info, modules, node, nodes, reads_metadata
 from ..train_config import TAPER, TrainConfig, UniformSampling
 from . import checkpoint
 from .config import RunConfig
@@ -114,7 +114,7 @@ class Source:
         """The actor must hold a bank (Phi) and nothing that exists once per source task."""
         g = self.spec.graph_for(39, 4, self.num_tasks)
         mods = modules(g)
-        used = {n.module for n in trunk_nodes(g, g.graph["outputs"]["actor"]) if n.module}
+        used = {n.module for n in info(g).trunk("actor") if n.module}
         if not any(mods[m].sharing == "bank" for m in used) or self.table is None:
             raise TransferError(f"{self.cfg.spec}: {NO_BANK} in the actor (e.g. paco, taco, shared_unique)")
         per_task = sorted(m for m in used if mods[m].sharing == "task")
@@ -122,9 +122,9 @@ class Source:
             raise TransferError(f"{self.cfg.spec}: the actor has task-specific layers ({', '.join(per_task)}): they "
                                 "hold one copy per source task and none for a new one, and transfer learns only w; "
                                 "use a spec whose actor is shared and bank(K) layers only")
-        if reads_metadata(trunk_nodes(g, g.graph["outputs"]["actor"])):
+        if reads_metadata(info(g).trunk("actor")):
             raise TransferError(f"{self.cfg.spec}: the actor reads meta(task), which has no row for a new task")
-        if g.graph["bank"]["w"] == "onehot":
+        if info(g).bank["w"] == "onehot":
             raise TransferError(f"{self.cfg.spec}: bank(K, w = onehot) ties K to the number of tasks; the transfer "
                                 "network has one task. Transfer from a run whose bank uses w = normal")
 

@@ -31,7 +31,7 @@ import torch
 import graphnet
 from graphnet.compiler import AgentNets, build, built_counts, reference_trunk
 from graphnet.cli import main
-from graphnet.compiler.lower import trunk_nodes
+from graphnet.ir import info
 from graphnet.compiler.modules import TaskLayout, _Compose
 from graphnet.compiler.verify import float64
 
@@ -357,7 +357,7 @@ def test_graph_modules_are_readable(name, overrides):
         gm = trunk.graph_module
         assert isinstance(gm, torch.fx.GraphModule)
         assigned = set(re.findall(r"^\s*(\w+?)(?:_\d+)? = ", gm.code, re.MULTILINE))
-        labels = {n.label for n in trunk_nodes(nets.graph, nets.graph.graph["outputs"][role])
+        labels = {n.label for n in info(nets.graph).trunk(role)
                   if n.label and n.op not in ("input", "output")}
         assert LABELS[name] | labels <= assigned, gm.code
         assert not [a for a in TRACING_ARTEFACTS if a in gm.code], gm.code

@@ -14,7 +14,7 @@ import pytest
 
 import graphnet
 from graphnet.cli import main
-from graphnet.ir import nodes
+from graphnet.ir import info, nodes
 from graphnet.train_config import TAPER, GroupSampling, TacoSampling, Triplet
 
 TASKS = 10
@@ -216,7 +216,7 @@ def test_block_output_width_from_caller_default_and_agent(tmp_path):
     }
     """)
     g = spec.graph
-    features = {name: g.nodes[node]["data"].width for name, node in g.graph["features"].items()}
+    features = {name: g.nodes[node]["data"].width for name, node in info(g).features.items()}
     assert features == {"z": 15, "y": 7}                   # the default Z + 3, then the caller's -> 7
     assert widths(spec, "common") == [15]                  # z feeds actor and critic
     assert widths(spec, "actor") == [7, 8]                 # y feeds the actor only; the actor asks for
@@ -247,7 +247,7 @@ def test_every_block_call_has_its_own_parameters(tmp_path):
       critic = linear(concat(a, act) -> 1)
     }
     """)
-    encoders = [m for m in spec.graph.graph["modules"].values() if m.attrs["out"] == 6]
+    encoders = [m for m in info(spec.graph).modules.values() if m.attrs["out"] == 6]
     assert len(encoders) == 2
     assert spec.params().common == linear(39, 6)          # a (both roles) is common, b only the actor's
     assert spec.params().actor == linear(39, 6) + linear(6, 8)
@@ -264,7 +264,7 @@ def test_named_module_is_one_module_applied_at_every_call_site(tmp_path):
       critic = linear(concat(f(obs), act) -> 1)
     }
     """)
-    [f] = [m for m in spec.graph.graph["modules"].values() if m.attrs["out"] == 6]
+    [f] = [m for m in info(spec.graph).modules.values() if m.attrs["out"] == 6]
     users = [n for n in nodes(spec.graph) if n.module == f.id]
     assert len(users) == 3
     assert (f.sharing, f.copies, f.in_widths, f.per_copy, f.role) == ("shared", 1, [39], linear(39, 6), "common")
@@ -290,7 +290,7 @@ def test_named_module_with_declared_input_width_and_per_iteration_modules(tmp_pa
       critic = b(concat(obs, act))
     }
     """)
-    actor = [m for m in spec.graph.graph["modules"].values() if m.role == "actor"]
+    actor = [m for m in info(spec.graph).modules.values() if m.role == "actor"]
     per_module_uses = sorted(sum(n.module == m.id for n in nodes(spec.graph)) for m in actor)
     assert per_module_uses == [1, 1, 1, 1, 3]             # h, out, q at j=0, q at j=1; p three times
     assert spec.params().actor == linear(39, 5) + linear(5, 5, bias=False) + 2 * linear(5, 5) + linear(5, 8)
@@ -313,7 +313,7 @@ agent {
 
 def test_task_and_bank_on_whole_blocks_and_shared_inside(tmp_path):
     spec = load(tmp_path, SHARING)
-    got = sorted((m.role, m.sharing, m.copies, m.per_copy) for m in spec.graph.graph["modules"].values())
+    got = sorted((m.role, m.sharing, m.copies, m.per_copy) for m in info(spec.graph).modules.values())
     assert got == sorted([
         ("common", "task", 10, 4),                     # embed: one row per task
         ("actor", "task", 10, linear(43, 6)),          # task b(...): T copies of the hidden layer
@@ -321,7 +321,7 @@ def test_task_and_bank_on_whole_blocks_and_shared_inside(tmp_path):
         ("critic", "bank", 3, linear(47, 6)),          # bank(K) b(...): K copies
         ("critic", "shared", 1, linear(6, 1)),
     ])
-    assert {k: v for k, v in spec.graph.graph["bank"].items() if k != "pos"} == \
+    assert {k: v for k, v in info(spec.graph).bank.items() if k != "pos"} == \
         {"K": 3, "init": "identical", "w": "normal"}
     report = spec.params()
     assert report.actor == 10 * linear(43, 6) + linear(6, 8)
@@ -339,10 +339,10 @@ def test_sharing_on_single_ops(tmp_path):
       critic = bank(10, init = random, w = onehot) linear(concat(obs, act) -> 1)
     }
     """)
-    got = sorted((m.role, m.sharing, m.copies) for m in spec.graph.graph["modules"].values())
+    got = sorted((m.role, m.sharing, m.copies) for m in info(spec.graph).modules.values())
     assert got == [("actor", "task", 10), ("critic", "bank", 10)]
-    assert spec.graph.graph["bank"]["init"] == "random"
-    assert spec.graph.graph["bank"]["w"] == "onehot"
+    assert info(spec.graph).bank["init"] == "random"
+    assert info(spec.graph).bank["w"] == "onehot"
     assert spec.params().actor == 10 * linear(39, 8)
 
 
@@ -354,7 +354,7 @@ def test_named_module_keeps_its_sharing(tmp_path):
       critic = linear(concat(f(obs), act) -> 1)
     }
     """)
-    [f] = [m for m in spec.graph.graph["modules"].values() if m.attrs["out"] == 5]
+    [f] = [m for m in info(spec.graph).modules.values() if m.attrs["out"] == 5]
     assert (f.sharing, f.copies, f.role) == ("task", 10, "common")
     assert spec.params().common == 10 * linear(39, 5)
 
@@ -444,11 +444,11 @@ def test_agent_level_feature_is_computed_once_and_detach(tmp_path):
     """)
     g = spec.graph
     [u] = [n for n in nodes(g) if n.label == "u"]
-    assert g.graph["features"] == {"u": u.id}
+    assert info(g).features == {"u": u.id}
     assert (u.op, u.width, u.role) == ("relu", 5, "common")
     [detach] = [n for n in nodes(g) if n.op == "detach"]
     assert (detach.inputs, detach.width, detach.role, detach.module) == ([u.id], 5, "actor", None)
-    assert len([m for m in g.graph["modules"].values() if m.attrs["out"] == 5]) == 1
+    assert len([m for m in info(g).modules.values() if m.attrs["out"] == 5]) == 1
     assert spec.params().total == total(linear(44, 8), linear(48, 1), linear(39, 5))
 
 
