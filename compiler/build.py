@@ -151,7 +151,7 @@ def build(spec: Spec, obs_dim: int, act_dim: int, num_tasks: int, device: str | 
         table = nn.Parameter(torch.eye(num_tasks).repeat(*group, 1, 1) if bank["w"] == "onehot"
                              else torch.randn(*group, num_tasks, bank["K"]))
     op_modules = {mid: ParamOp(m, (2 if m.role == "critic" else 1) * seeds, table if m.sharing == "bank" else None,
-                               identical=bool(bank) and bank["init"] == "identical")
+                               identical=bank is not None and bank["init"] == "identical")
                   for mid, m in modules(g).items()}
     meta = task_metadata.to(torch.get_default_dtype()) if task_metadata is not None else None
     actor = Actor(Trunk(lower(g, "actor", op_modules, meta, seeds=seeds), num_tasks, reads_act=False))

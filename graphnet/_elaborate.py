@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import networkx as nx
 
@@ -825,7 +825,9 @@ class Elaborator:
         elif sharing.kind == "task":
             m.sharing, m.copies = "task", self.env.tasks
         else:
-            m.sharing, m.copies = "bank", info(self.g).bank["K"]
+            bank = info(self.g).bank
+            assert bank is not None, "bank_of sets the bank before any bank(K) module"
+            m.sharing, m.copies = "bank", bank["K"]
 
     def add_node(self, op: str, inputs: list[Tensor], attrs: dict, width: int, scope: Scope, pos: Pos,
                  module: str | None = None, label: str | None = None, stack: int = 1) -> Tensor:
@@ -862,7 +864,7 @@ class Elaborator:
         reach: dict[str, set[Role]] = {n: set() for n in self.g}
         for role, out in outputs.items():
             for n in nx.ancestors(self.g, out) | {out}:
-                reach[n].add(role)
+                reach[n].add(cast(Role, role))
         for name, nid, pos in self.assigned:
             if not reach[nid]:
                 self.warnings.append(Warning_(f"'{name}' is computed but never used; its parameters are not "

@@ -110,8 +110,7 @@ def cmd_show(args) -> int:
     mods = info(g).modules
     print(f"{spec.path}  hash {spec.hash}")
     print("params: " + settings(spec.values))
-    if info(g).bank:
-        b = info(g).bank
+    if (b := info(g).bank) is not None:
         print(f"bank: K = {b['K']}, init = {b['init']}, w = {b['w']} (table w: {args.tasks} x {b['K']})")
     for n in nodes(g):
         ins = ", ".join(n.inputs)

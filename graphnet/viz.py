@@ -226,7 +226,7 @@ def to_dot(spec: Spec, sizes: Sizes = MT10, expand: bool = False, rankdir: str =
             c.attr(label=_cluster_label(role, report), style="rounded,dashed", color="#999999", fontsize="12")
             for box in members:
                 _add_box(c, box, _sharing(box, mods), sizes, bank)
-            if table:
+            if table and bank is not None:
                 c.node(TABLE, _table_label(bank, sizes), style="rounded,filled", fillcolor=FILL["bank"])
     for (tail, head, loop), width in edges(g, box_of, expand).items():
         if loop is None:

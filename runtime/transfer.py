@@ -124,7 +124,7 @@ class Source:
                                 "use a spec whose actor is shared and bank(K) layers only")
         if reads_metadata(info(g).trunk("actor")):
             raise TransferError(f"{self.cfg.spec}: the actor reads meta(task), which has no row for a new task")
-        if info(g).bank["w"] == "onehot":
+        if (bank := info(g).bank) is not None and bank["w"] == "onehot":
             raise TransferError(f"{self.cfg.spec}: bank(K, w = onehot) ties K to the number of tasks; the transfer "
                                 "network has one task. Transfer from a run whose bank uses w = normal")
 
