@@ -75,6 +75,7 @@ class OpDef:
     linear_in_params: bool = False                   # output linear in the parameters: a bank may mix K outputs
     zero_preserving: bool = False                    # elementwise, f(0) = 0: zero-padded widths stay zero
     dense_layer: bool = False                        # y = x weight + bias: the compiler may fuse, pad, accumulate it
+    side_by_side: bool = False                       # its output is its inputs' features side by side (concat)
     in_place: Callable[..., Any] | None = None       # forward overwriting its input, where nothing else reads it
     stacks: Literal["plain", "elementwise", "read"] = "plain"   # on stacks of k features (see below)
     stack_out: Callable[[list[int], dict], int] | None = None   # the output's stack size (default: plain)

@@ -141,12 +141,14 @@ def _metrics_tasks(run_dir: Path) -> list[str] | None:
 
 # ------------------------------------------------------------------------------------------ the networks
 def _segments(g, nid: str) -> list[tuple[str, int]]:
-    """The columns of a node's output: ("task", T) for a one-hot task id, ("x", width) for anything else;
-    concatenations are followed into their parts."""
+    """The columns of a node's output: ("task", T) for a parameter-free op of the task id (its one-hot; an actor
+    reading meta(task) is refused before), ("x", width) for anything else; concatenations are followed into
+    their parts."""
     n = node(g, nid)
-    if n.op == "concat":
+    op = registry.lookup(n.op)
+    if op is not None and op.side_by_side:
         return [s for i in n.inputs for s in _segments(g, i)]
-    return [("task", n.width)] if n.op == "onehot" else [("x", n.width)]
+    return [("task", n.width)] if op is not None and op.reads_task and not op.parametric else [("x", n.width)]
 
 
 def _call_segments(g, mid: str) -> list[list[tuple[str, int]]]:
@@ -161,7 +163,7 @@ def _carry(key: str, pname: str, src: Tensor, param: Tensor, op: str, src_segs, 
     (T rows in the run, one here) are appended to `task_rows` as (row, the run's rows) and start as their
     mean: the new task presents the uniform mixture of the source one-hots. Everything else is copied."""
     if any(k == "task" for segs in src_segs for k, _ in segs):
-        if op != "linear":
+        if not registry.get(op).dense_layer:
             raise TransferError(f"{key}: a {op} reads the task one-hot; transfer can take the one-hot out of "
                                 "linear layers only")
         if pname == "weight":

@@ -121,7 +121,8 @@ def concat(*xs: Tensor, **_) -> Tensor:
 
 
 register(OpDef("concat", "features side by side (a stack's members too: concat(s) is its k * W features)",
-               lambda w, a: sum(w), concat, lambda *xs, **_: torch.cat(xs), inputs=(1, None), stacks="read"))
+               lambda w, a: sum(w), concat, lambda *xs, **_: torch.cat(xs), inputs=(1, None), stacks="read",
+               side_by_side=True))
 
 
 def add(a: Tensor, b: Tensor) -> Tensor:

@@ -48,7 +48,7 @@ def total(x: Tensor) -> Tensor:
 
 register(OpDef("stack", "k values of one width side by side as a stack (what stack(k) f(x) makes)",
                lambda w, a: sum(w) if len(set(w)) == 1 else _unequal(w), stack,
-               lambda *xs, k: torch.cat(xs), inputs=(1, None), stack_out=lambda w, a: a["k"],
+               lambda *xs, k: torch.cat(xs), inputs=(1, None), stack_out=lambda w, a: a["k"], side_by_side=True,
                kwargs={"k": 1}, label=lambda a: f"stack of {a['k']}", in_language=False,
                examples=("stack(3) linear(x -> 5)", "stack(2) tanh(x)")))
 
