@@ -14,14 +14,11 @@ from torch import Tensor, fx, nn
 
 from .. import registry
 from ..errors import UserOpError
-from ..ir import info, trunk_nodes
+from ..ir import STRUCTURE, info, trunk_nodes
 from ..ops.basic import ADD
 from ..ops.ensemble import aligned
 from .modules import ParamOp, shared_input_linears
 from .task_rows import per_task, to_samples
-
-STRUCTURE = ("input", "output")   # graph nodes that are not ops
-
 
 def features(x: Tensor) -> Tensor:
     """An input batch `[B, n]` as an ensemble of one, `[1, B, n]`; a group of seeds' `[S, B, n]` as it is."""
@@ -101,12 +98,10 @@ def lower(g: nx.DiGraph, role: str, op_modules: dict[str, ParamOp], meta: Tensor
         elif op.reads_task:
             table = {"metadata": graph.create_node("get_attr", "task_metadata", (), {})} if op.reads_metadata else {}
             values[n.id] = emit("call_function", op.forward, (this_layout,), {**n.attrs, **table})
-        elif op.source != "graphnet":
-            values[n.id] = emit("call_function", guarded(op.forward), tuple(args),
-                                {**n.attrs, "op": n.op, "at": str(n.pos), "width": n.width})
-            values[n.id].meta["op"] = n.op
-        else:
-            values[n.id] = emit("call_function", op.forward, tuple(args), dict(n.attrs))
+        else:   # a user's op is called checked (guarded)
+            checks = {} if op.source == "graphnet" else {"op": n.op, "at": str(n.pos), "width": n.width}
+            values[n.id] = emit("call_function", guarded(op.forward) if checks else op.forward, tuple(args),
+                                {**n.attrs, **checks})
             values[n.id].meta["op"] = n.op
         values[n.id].meta["width"] = n.width
     if nodes[-1].op != "output":  # a feature: its own node is the result

@@ -7,6 +7,7 @@ from typing import Any, Literal
 import networkx as nx
 from pydantic import BaseModel, ConfigDict
 
+from . import registry
 from .errors import Pos
 
 Role = Literal["actor", "critic", "common"]
@@ -70,10 +71,12 @@ def nodes(g: nx.DiGraph) -> list[OpNode]:
     return [g.nodes[n]["data"] for n in nx.topological_sort(g)]
 
 
+STRUCTURE = ("input", "output")   # graph nodes that are not ops (no registry definition)
+
+
 def reads_metadata(ops: list[OpNode]) -> bool:
     """Whether these nodes read the tasks' metadata table (`meta(task)`): a run must then provide it."""
-    from . import registry
-    return any(n.op not in ("input", "output") and registry.get(n.op).reads_metadata for n in ops)
+    return any(n.op not in STRUCTURE and registry.get(n.op).reads_metadata for n in ops)
 
 
 @dataclass

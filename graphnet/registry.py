@@ -124,13 +124,6 @@ class OpDef:
         return f"{self.name}({', '.join(args)})"
 
 
-class _Missing:
-    source = None
-
-
-_NONE = _Missing()
-
-
 class RegistryError(GraphnetError):
     """An op that cannot be registered (a name taken by another op, a definition missing a part)."""
 
@@ -200,7 +193,8 @@ def load_file(path: str | Path) -> list[OpDef]:
         raise OpFileError(f"cannot read {path}: {e.strerror or e}", key) from None
     digest = hashlib.sha256(text).hexdigest()
     last = _loaded.get(key)
-    if last is None or last[0] != digest or any(_OPS.get(n, _NONE).source != key for n in last[1]):
+    displaced = last is not None and any((op := _OPS.get(n)) is None or op.source != key for n in last[1])
+    if last is None or last[0] != digest or displaced:
         for old in [n for n, op in _OPS.items() if op.source == key]:   # an edited file defines its ops anew
             del _OPS[old]
         name = "graphnet_user_ops_" + hashlib.sha256(key.encode()).hexdigest()[:12]

@@ -21,7 +21,7 @@ from . import registry
 from ._spec import MT10, Sizes, Spec, settings
 from .accounting import ParamReport, count
 from .errors import VizError
-from .ir import Module, OpNode, info, modules, nodes
+from .ir import STRUCTURE, Module, OpNode, info, modules, nodes
 
 FORMATS = ("svg", "png", "html", "dot")
 FILL = {"shared": "#a6cee3", "task": "#fdbf6f", "bank": "#b2df8a"}   # ColorBrewer Paired: blue, orange, green
@@ -130,20 +130,20 @@ def _copies(sharing: str | None, sizes: Sizes, bank: dict | None) -> str | None:
 
 def _operator(n: OpNode) -> bool:
     """`a + b`, `a - b`, `a * b`: the binary ops written as symbols, drawn small."""
-    if n.op in ("input", "output"):
+    if n.op in STRUCTURE:
         return False
     op = registry.get(n.op)
     return not op.in_language and op.inputs == (2, 2)
 
 
 def _op_text(n: OpNode) -> str:
-    return registry.get(n.op).text(n.attrs) if n.op not in ("input", "output") else n.op
+    return registry.get(n.op).text(n.attrs) if n.op not in STRUCTURE else n.op
 
 
 def _label(box: Box, sharing: str | None, sizes: Sizes, bank: dict | None) -> str:
     n = box.node
     head = f"<B>{html.escape(_op_text(n))}</B>"
-    if n.label and n.op not in ("input", "output"):
+    if n.label and n.op not in STRUCTURE:
         head += f"  <I>{html.escape(_name(n))}</I>"
     if len(box.members) > 1:
         head += f'  <FONT COLOR="#b00000"><B>x {len(box.members)}</B></FONT>'

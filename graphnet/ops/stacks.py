@@ -34,7 +34,6 @@ def member(s: Tensor, k: int, i: int) -> Tensor:
 
 
 def dot(a: Tensor, b: Tensor) -> Tensor:
-    a, b = ensemble.aligned(a, b)
     return (a * b).sum(-1, keepdim=True)
 
 
@@ -110,7 +109,6 @@ def _mix_width(w: list[int], a: dict) -> int:
 def mix(s: Tensor, weights: Tensor, k: int) -> Tensor:
     """`[E, B, k * W]` by `[E, B, k]` (one weight per member) or `[E, B, n * k]` (n rows of weights, a new
     stack of n)."""
-    s, weights = ensemble.aligned(s, weights)
     members = _members(s, k)
     if weights.shape[-1] == k:
         return (members * weights.unsqueeze(-1)).sum(-2)
@@ -177,7 +175,6 @@ def _apply_width(w: list[int], a: dict) -> int:
 
 def apply(x: Tensor, weights: Tensor, out: int) -> Tensor:
     """y = x W + b with W and b each sample's own, read from `weights` (W row-major, then b)."""
-    x, weights = ensemble.aligned(x, weights)
     n = x.shape[-1]
     matrix = weights[..., :n * out].reshape(*weights.shape[:-1], n, out)
     return (x.unsqueeze(-2) @ matrix).squeeze(-2) + weights[..., n * out:]
