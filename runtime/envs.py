@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import gymnasium as gym
 import numpy as np
@@ -33,7 +33,43 @@ def task_names(env: str) -> list[str]:
     return list((env_dict.MT10_V3 if env == "MT10" else env_dict.MT50_V3).keys())
 
 
-class MultiTaskEnv:
+Step = tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray]
+"""A vector step: next obs, reward, terminated, the episode over (all tasks), success; one row per task."""
+
+
+class TaskEnv(Protocol):
+    """What a run steps: one environment per task, task i environment i (MultiTaskEnv, WorkerEnvs, a test's
+    own problem). `step_async` starts a step and `step_wait` returns it, so the update can run between."""
+    names: list[str]
+    num_tasks: int
+    episode_steps: int
+    obs_dim: int
+    act_dim: int
+
+    def reset(self, seed: int | None = None) -> np.ndarray: ...
+    def step_async(self, action: np.ndarray) -> None: ...
+    def step_wait(self) -> Step: ...
+    def random_actions(self, rng: np.random.Generator) -> np.ndarray: ...
+    def get_state(self) -> Any: ...
+    def set_state(self, state: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+class InProcess:
+    """`step_async`/`step_wait` of an environment stepped in this process: the step happens in step_wait."""
+    _action: np.ndarray
+
+    def step(self, action: np.ndarray) -> Step:
+        raise NotImplementedError
+
+    def step_async(self, action: np.ndarray) -> None:
+        self._action = action
+
+    def step_wait(self) -> Step:
+        return self.step(self._action)
+
+
+class MultiTaskEnv(InProcess):
     """`num_tasks` environments stepped together; task i is environment i."""
 
     def __init__(self, env: str, seed: int):
@@ -54,8 +90,7 @@ class MultiTaskEnv:
         obs, _ = self.vec.reset(seed=seed)
         return obs.astype(np.float32)
 
-    def step(self, action: np.ndarray):
-        """-> next obs, reward, terminated, episode over (all tasks), success."""
+    def step(self, action: np.ndarray) -> Step:
         obs, reward, terminated, truncated, info = self.vec.step(action)
         done = bool(np.all(terminated | truncated))
         return obs.astype(np.float32), reward.astype(np.float32), terminated, done, info["success"].astype(bool)
@@ -82,7 +117,7 @@ def default_workers(tasks: int) -> int:
     return 0 if cores <= 4 else min(tasks, cores // 2)
 
 
-def make_envs(env: str, seed: int, workers: int) -> Any:
+def make_envs(env: str, seed: int, workers: int) -> TaskEnv:
     """The tasks' environments: in this process (`workers` 0), or stepped by that many worker processes."""
     if workers == 0:
         return MultiTaskEnv(env, seed)
@@ -94,33 +129,29 @@ class SeedEnvs:
     """A group's environments, one MultiTaskEnv per seed, stepped as one: rows i*T..(i+1)*T-1 of every array are
     seed i's tasks. Episodes end together (every task's lasts `episode_steps`)."""
 
-    def __init__(self, envs: list[Any]):
+    def __init__(self, envs: list[TaskEnv]):
         self.envs = envs
         first = envs[0]
         self.names, self.num_tasks, self.episode_steps = first.names, first.num_tasks, first.episode_steps
         self.obs_dim, self.act_dim = first.obs_dim, first.act_dim
-        self._pending: list[tuple[Any, np.ndarray]] = []
 
     def reset(self, seed: list[int] | None = None) -> np.ndarray:
         """Reset every seed's environments; `seed`: one reset seed per seed of the group."""
         return np.concatenate([e.reset(seed=None if seed is None else seed[i]) for i, e in enumerate(self.envs)])
 
-    def step(self, action: np.ndarray):
-        """-> next obs, reward, terminated, episode over (all), success; as MultiTaskEnv.step, over all rows."""
+    def step(self, action: np.ndarray) -> Step:
+        """A vector step over all rows (every seed's tasks)."""
         self.step_async(action)
         return self.step_wait()
 
     def step_async(self, action: np.ndarray) -> None:
         """Start a step: worker environments (WorkerEnvs) step from now on; in-process ones in step_wait."""
-        self._pending = list(zip(self.envs, np.split(action, len(self.envs))))
-        for e, a in self._pending:
-            if hasattr(e, "step_async"):
-                e.step_async(a)
+        for e, a in zip(self.envs, np.split(action, len(self.envs))):
+            e.step_async(a)
 
-    def step_wait(self):
+    def step_wait(self) -> Step:
         """The step step_async started, as `step` returns it."""
-        out = [e.step_wait() if hasattr(e, "step_async") else e.step(a) for e, a in self._pending]
-        obs, reward, terminated, over, success = zip(*out)
+        obs, reward, terminated, over, success = zip(*(e.step_wait() for e in self.envs))
         return (np.concatenate(obs), np.concatenate(reward), np.concatenate(terminated), all(over),
                 np.concatenate(success))
 

@@ -8,16 +8,15 @@ from typing import cast
 import numpy as np
 from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 
-from .envs import MultiTaskEnv, SeedEnvs, task_names
+from .envs import SeedEnvs, task_names
 
 
-def evaluate(policy: Callable[[np.ndarray], np.ndarray], env: MultiTaskEnv | SeedEnvs, episodes: int,
-             seed: int | list[int]) -> np.ndarray:
-    """`episodes` episodes per task; each reseeds the evaluation envs, so results depend on the policy only.
-    For a group's SeedEnvs, `seed` is one per seed, and the success rates are the rows' (seed-major)."""
+def evaluate(policy: Callable[[np.ndarray], np.ndarray], env: SeedEnvs, episodes: int, seeds: list[int]) -> np.ndarray:
+    """`episodes` episodes per task; each reseeds the evaluation envs (`seeds`: one per seed of the group), so
+    results depend on the policy only. Success rates are the rows' (seed-major)."""
     successes = None
     for episode in range(episodes):
-        obs = env.reset(seed=seed + episode if isinstance(seed, int) else [s + episode for s in seed])  # type: ignore[arg-type]
+        obs = env.reset(seed=[s + episode for s in seeds])
         hit = np.zeros(len(obs), dtype=bool)
         for _ in range(env.episode_steps):
             obs, _, _, done, success = env.step(policy(obs))

@@ -9,43 +9,41 @@ before its next checkpoint, so the last one on disk stays the last good one.
 One loop trains one seed or a group of seeds as one agent (`--seeds`, runtime/seeds.py): every array of
 the loop holds the seeds' rows one after the other, and each seed writes a run directory of its own.
 The environments step in this process or in workers (`--env-workers`, runtime/workers.py), and the
-update runs after the step or during it (`--overlap`; Stepper, which transfer and bench --train use too).
+update runs after the step or during it (`--overlap`). The loop itself is runtime/loop.py's, which transfer and
+bench --train run too.
 """
 from __future__ import annotations
 
-import signal
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from collections.abc import Callable, Iterator
 from typing import cast
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 import graphnet
 
+from ..compiler import AgentNets
 from ..compiler.build import resolve_device
-from ..errors import EnvError, RunError
+from ..errors import RunError
 from ..ir import info, nodes, reads_metadata
 from ..train_config import TAPER
 from . import checkpoint
 from .config import RunConfig
-from .envs import MultiTaskEnv, SeedEnvs, default_workers, make_envs, task_names
+from .envs import SeedEnvs, TaskEnv, default_workers, make_envs, task_names
 from .evaluate import MetaWorldEvaluation, evaluate
 from .graphed import GraphedUpdate, graph_blocker
 from .logs import RunLog, versions, write_json
+from .loop import Loop, Stepper
 from .prioritized import TaskSumTrees
 from .replay import Batch, TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
 from .seeds import SeedGroup
-
-NONFINITE_PATIENCE = 1_000   # updates in a row that lost a task or a step to NaN/inf before a run stops
-
 
 def load_run_config(run_dir: Path) -> RunConfig:
     if not (run_dir / "config.json").is_file():
@@ -115,7 +113,7 @@ def read_checkpoints(runs: list[RunConfig]) -> list[checkpoint.Found] | None:
 
 
 def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
-          make_env: Callable[[int], MultiTaskEnv] | None = None) -> Path:
+          make_env: Callable[[int], TaskEnv] | None = None) -> Path:
     """Run (or resume) training: one seed, or a group of seeds (`cfg.seeds`) trained as one agent, each seed in
     a run directory of its own. `make_env(seed)` replaces the Meta-World environments (tests use a small
     problem of their own with the same interface)."""
@@ -153,18 +151,13 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     taper = cfg.train.replay if isinstance(cfg.train.replay, TAPER) else None        # one seed only (check)
     trees = TaskSumTrees.from_config(taper, T, replay.capacity, device) if taper else None
     sampler = TaskSampler(T, cfg.train.sampling, device)
-    tasks = torch.arange(T, device=device)
     step, refill_until, env_state = 0, 0, None
-    metrics: dict[str, Tensor] = {}
 
     for r in ([cfg] if cfg.seeds else []) + runs:
         r.out.mkdir(parents=True, exist_ok=True)
     if found is None:
         for r in ([cfg] if cfg.seeds else []) + runs:
-            write_json(r.out / "config.json", r.model_dump(mode="json"))
-            write_json(r.out / "versions.json", versions())
-            write_json(r.out / "spec.json", {"hash": spec.hash, "values": spec.values, "sources": spec.sources})
-            (r.out / "spec.gn").write_text(spec.sources[spec.path])
+            write_run_files(r, spec)
     else:
         states = [f.state for f in found]
         step = states[0]["step"]
@@ -198,15 +191,9 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
         env.set_state(env_state)
     obs = env.reset(seed=[r.seed for r in runs] if env_state is None else None)
 
-    def policy(o: np.ndarray, deterministic: bool) -> np.ndarray:
-        """Every seed's actions: `o` `[S * T, obs]`, seed-major."""
-        with torch.no_grad(), one_thread(device):
-            x = torch.as_tensor(o, device=device).view(S, T, -1)
-            mean, log_std = nets.actor(x, tasks, task_major=True)
-            action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
-        return action.reshape(S * T, -1).cpu().numpy()
+    policy = group_policy(nets, S, T, device)
 
-    def save(env_state: list | None) -> None:
+    def save(step: int, env_state: list | None) -> None:
         nets_state = nets.state_dict()
         opts = {k: o.state_dict() for k, o in sac.optimizers().items()}
         replay_state = replay.state_dict() if cfg.save_replay else None
@@ -223,6 +210,9 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                     state["trees"] = trees.state_dict()
             checkpoint.save(r.out, state)
 
+    def act(step: int, obs: np.ndarray) -> np.ndarray:
+        return env.random_actions(rngs) if step < cfg.warmup else policy(obs, False)
+
     def learn_step() -> dict[str, Tensor]:
         batch = group.batch(sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task, S))
         out = update(batch)
@@ -230,106 +220,36 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             trees.update(batch.task, batch.index[0], out["td_error"][0] + taper.eps)
         return out
 
-    stepper = Stepper(env, replay, trees, workers > 0 if cfg.overlap is None else cfg.overlap)
-    bar = tqdm(total=cfg.steps, initial=step, unit="step", disable=quiet, dynamic_ncols=True)
-    next_checkpoint = (step // cfg.checkpoint_every + 1) * cfg.checkpoint_every
-    with stop_signals() as stop:
-        # --- the loop: act, store, learn, evaluate, checkpoint -----------------------------------
-        try:
-            while step < cfg.steps and not stop:
-                action = env.random_actions(rngs) if step < cfg.warmup else policy(obs, deterministic=False)
-                learn = learn_step if step + 1 >= max(cfg.warmup, refill_until) else None
-                obs, _, episode_over, learned = stepper(obs, action, learn)
-                metrics = learned if learned is not None else metrics
-                step += 1
-                # taco sampling regroups by w: the spec check refuses it without a bank, and for a group
-                if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
-                    sampler.regroup(nets.bank_table.detach())
+    def after_step(step: int, reward: np.ndarray, episode_over: bool) -> None:
+        # taco sampling regroups by w: the spec check refuses it without a bank, and for a group
+        if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
+            sampler.regroup(nets.bank_table.detach())
 
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    evaluate_and_log(evaluate_all(eval_env, policy, cfg, [r.seed for r in runs]), logs, step,
-                                     metrics, bar)
-                if episode_over:
-                    stop_if_nonfinite(sac, env.names, step, cfg.out)
-                    obs, env_state, next_checkpoint = end_episode(env, step, next_checkpoint, cfg.checkpoint_every,
-                                                                  save)
-                bar.update(1)
-            stop_if_nonfinite(sac, env.names, step, cfg.out)
-            save(env_state)
-        except EnvError as e:   # a worker died: keep what was learned; its episode cannot be restored
-            save(None)
-            raise RunError(f"{e}\ncheckpoint written at step {step:,}; continue with: graphnet train --resume "
-                           f"{cfg.out} (the environments start a fresh episode there)") from None
-        finally:
-            close_all(bar, *logs, env, *(eval_env if isinstance(eval_env, list) else [eval_env]))
-    if stop:
-        print(f"{stop[0]}: checkpoint written at step {step:,}; continue with: graphnet train --resume {cfg.out}")
+    def evaluate_step(step: int, metrics: dict[str, Tensor]) -> np.ndarray:
+        success = evaluate_all(eval_env, policy, cfg, [r.seed for r in runs])
+        log_evaluation(success, logs, step, metrics)
+        return success
+
+    loop = Loop(env, Stepper(env, replay, trees, workers > 0 if cfg.overlap is None else cfg.overlap), sac, act,
+                lambda step: learn_step if step + 1 >= max(cfg.warmup, refill_until) else None, cfg.steps,
+                cfg.out, save, cfg.checkpoint_every, evaluate_step, cfg.eval_every, after_step,
+                resume=f"continue with: graphnet train --resume {cfg.out}", quiet=quiet)
+    loop.run(obs, step, env_state, closing=(*logs, *(eval_env if isinstance(eval_env, list) else [eval_env])))
     return cfg.out
 
 
-class Stepper:
-    """One vector step of any run (train, transfer, bench --train): step the environments with the actions,
-    store the transition, and learn, after the step or, with `overlap`, while the environments step (on the
-    replay one step older: the newest transition is stored after)."""
+def group_policy(nets: AgentNets, seeds: int, tasks: int, device: torch.device
+                 ) -> Callable[[np.ndarray, bool], np.ndarray]:
+    """Every seed's actions for observations `[seeds * tasks, obs]` (seed-major), the mean's or sampled."""
+    task_ids = torch.arange(tasks, device=device)
 
-    def __init__(self, env: SeedEnvs, replay: TaskReplay, trees: TaskSumTrees | None, overlap: bool):
-        self.env, self.replay, self.trees, self.overlap = env, replay, trees, overlap
-        self.rows = torch.arange(replay.num_tasks, device=replay.device)
-
-    def __call__(self, obs: np.ndarray, action: np.ndarray, learn: Callable[[], dict[str, Tensor]] | None
-                 ) -> tuple[np.ndarray, np.ndarray, bool, dict[str, Tensor] | None]:
-        """-> next obs, reward, whether the episode is over, and the update's metrics (None: no update)."""
-        metrics = None
-        self.env.step_async(action)
-        if learn is not None and self.overlap and self.replay.size:
-            metrics = learn()
-        next_obs, reward, terminated, over, _ = self.env.step_wait()
-        store(self.replay, self.trees, self.rows, obs, action, reward, next_obs, terminated)
-        if learn is not None and not self.overlap:
-            metrics = learn()
-        return next_obs, reward, over, metrics
-
-
-def close_all(*things) -> None:
-    """Close every environment, log and file of a run, each even where one before it fails."""
-    errors = []
-    for thing in things:
-        try:
-            thing.close()
-        except Exception as e:  # noqa: BLE001 - the first one is raised after the rest are closed
-            errors.append(e)
-    if errors:
-        raise errors[0]
-
-
-def stop_if_nonfinite(sac: SAC, names: list[str], step: int, run_dir: Path) -> None:
-    """Stop a run whose last NONFINITE_PATIENCE updates each lost a task or a step to NaN/inf (one host read,
-    at episode ends). Nothing non-finite reached the weights, but the run is no longer learning those tasks.
-    A group stops when any seed does (`run_dir` the group's directory)."""
-    streak = int(sac.streak.max())
-    if streak < NONFINITE_PATIENCE:
-        return
-    counts = sac.left_out.view(-1, len(names)).sum(0).tolist()
-    worst = sorted((c, n) for c, n in zip(counts, names) if c)[::-1][:5]
-    tasks = ", ".join(f"{n} ({c:,} updates)" for c, n in worst) or "no task; the gradients"
-    latest = sorted(run_dir.glob(f"**/checkpoints/{checkpoint.LATEST}"))
-    kept = (", ".join(f"{p.parent.relative_to(run_dir) / p.resolve().name}" for p in latest)
-            + f" {'is' if len(latest) == 1 else 'are'} kept as the last good one") if latest else \
-        "no checkpoint was written"
-    raise RunError(f"stopped at step {step:,}: the last {streak:,} updates each met NaN or inf and left it out, in "
-                   f"{tasks}; none reached the weights and {kept}. Check those tasks' rewards and observations "
-                   "(or lower lr where the losses overflow)")
-
-
-def end_episode(env: SeedEnvs, step: int, next_checkpoint: int, every: int,
-                save: Callable[[list], None]) -> tuple[np.ndarray, list, int]:
-    """At an episode's end, the only point whose environment state a checkpoint can restore: checkpoint if
-    one is due, then reset. Returns the new observation, that state and the next checkpoint's step."""
-    env_state = env.get_state()
-    if step >= next_checkpoint:
-        save(env_state)
-        next_checkpoint += every
-    return env.reset(), env_state, next_checkpoint
+    def policy(o: np.ndarray, deterministic: bool) -> np.ndarray:
+        with torch.no_grad(), one_thread(device):
+            x = torch.as_tensor(o, device=device).view(seeds, tasks, -1)
+            mean, log_std = nets.actor(x, task_ids, task_major=True)
+            action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
+        return action.reshape(seeds * tasks, -1).cpu().numpy()
+    return policy
 
 
 def start_run(cfg: RunConfig) -> tuple[torch.device, np.random.Generator]:
@@ -339,26 +259,6 @@ def start_run(cfg: RunConfig) -> tuple[torch.device, np.random.Generator]:
     warnings.filterwarnings("ignore", module="gymnasium")
     torch.manual_seed(cfg.seed)
     return resolve_device(cfg.device), np.random.default_rng(cfg.seed)
-
-
-@contextmanager
-def stop_signals() -> Iterator[list[str]]:
-    """Collect SIGINT/SIGTERM instead of dying mid-update: the loop stops at the next step and checkpoints."""
-    stop: list[str] = []
-    handlers = {s: signal.signal(s, lambda sig, _: stop.append(signal.Signals(sig).name))
-                for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in handlers.items():
-            signal.signal(s, h)
-
-
-def store(replay: TaskReplay, trees: TaskSumTrees | None, tasks: Tensor, *transition: np.ndarray) -> None:
-    """One vector step (obs, action, reward, next_obs, terminated) into the replay, and its sum trees."""
-    slot = replay.add(*(torch.as_tensor(x, device=replay.device, dtype=torch.float32) for x in transition))
-    if trees is not None:
-        trees.add(tasks, torch.full((len(tasks),), slot, device=replay.device))
 
 
 def evaluate_all(eval_env: SeedEnvs | list[MetaWorldEvaluation], policy: Callable[[np.ndarray, bool], np.ndarray],
@@ -378,14 +278,21 @@ def evaluate_all(eval_env: SeedEnvs | list[MetaWorldEvaluation], policy: Callabl
     return np.concatenate([protocol(seed_policy(i), cfg.eval_episodes) for i, protocol in enumerate(eval_env)])
 
 
-def evaluate_and_log(success: np.ndarray, logs: list[RunLog], step: int, metrics: dict[str, Tensor], bar: tqdm,
-                     extra: dict[str, float] | None = None) -> None:
+def log_evaluation(success: np.ndarray, logs: list[RunLog], step: int, metrics: dict[str, Tensor],
+                   extra: dict[str, float] | None = None) -> None:
     """Log each seed's success (`success` seed-major rows) and training metrics (one value per seed)."""
     T = len(success) // len(logs)
     for i, log in enumerate(logs):
         log.evaluation(step, success[i * T:(i + 1) * T])
         log.scalars(step, {k: float(v[i].float().mean()) for k, v in metrics.items()} | (extra or {}))
-    bar.set_postfix(success=f"{success.mean():.2f}")
+
+
+def write_run_files(cfg: RunConfig, spec: graphnet.Spec) -> None:
+    """What makes a directory a run: its config, the versions it ran with, and the spec as it was."""
+    write_json(cfg.out / "config.json", cfg.model_dump(mode="json"))
+    write_json(cfg.out / "versions.json", versions())
+    write_json(cfg.out / "spec.json", {"hash": spec.hash, "values": spec.values, "sources": spec.sources})
+    (cfg.out / "spec.gn").write_text(spec.sources[spec.path])
 
 
 @contextmanager
@@ -419,23 +326,21 @@ def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSa
 
 
 def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int = 0, overlap: bool = False) -> dict:
-    """Env steps/s, updates/s and the share of time waiting for the env vs in the update, on a short real run of
-    `seeds` seeds trained as one (seed_steps_per_s counts each seed's vector steps), the environments in this
-    process or in `workers` worker processes (per seed), the update after the step or during it (`overlap`:
-    then env time is only the wait the update did not hide)."""
+    """Env steps/s, updates/s and the share of time in the update vs the rest (stepping the environments,
+    acting, storing), on a short real run of train's loop: `seeds` seeds trained as one (seed_steps_per_s
+    counts each seed's vector steps), the environments in this process or in `workers` worker processes (per
+    seed), the update after the step or during it (`overlap`: then env time is only what the update did not
+    hide)."""
     spec = check(cfg, resume=True)
     device, _ = start_run(cfg)
-    env = SeedEnvs([MultiTaskEnv(cfg.env, cfg.seed + i) if not workers else make_envs(cfg.env, cfg.seed + i, workers)
-                    for i in range(seeds)])
+    env = SeedEnvs([make_envs(cfg.env, cfg.seed + i, workers) for i in range(seeds)])
     T = env.num_tasks
     group = SeedGroup(spec, env.obs_dim, env.act_dim, T, [cfg.seed + i for i in range(seeds)], device)
-    nets = group.nets
-    sac = SAC(nets, cfg.train, env.act_dim)
+    sac = SAC(group.nets, cfg.train, env.act_dim)
     update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)
     replay = TaskReplay(seeds * T, steps + 1, env.obs_dim, env.act_dim, device)
-    tasks = torch.arange(T, device=device)
-    obs, t_all, t_update = env.reset(seed=[cfg.seed + i for i in range(seeds)]), 0.0, 0.0
-    stepper = Stepper(env, replay, None, overlap)
+    policy = group_policy(group.nets, seeds, T, device)
+    t_update, t_end = 0.0, 0.0
 
     def timed_update() -> dict[str, Tensor]:
         nonlocal t_update
@@ -444,19 +349,20 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int =
         metrics["critic_loss"].sum().item()  # wait for the device
         t_update += time.perf_counter() - start
         return metrics
-    for _ in range(steps):
-        with torch.no_grad(), one_thread(device):
-            x = torch.as_tensor(obs, device=device).view(seeds, T, -1)
-            action = squashed_sample(*nets.actor(x, tasks, True))[0].reshape(seeds * T, -1).cpu().numpy()
-        start = time.perf_counter()
-        obs, _, over, _ = stepper(obs, action, timed_update)
-        t_all += time.perf_counter() - start
-        obs = env.reset() if over else obs
+
+    def step_ended(step: int, reward: np.ndarray, episode_over: bool) -> None:
+        nonlocal t_end
+        t_end = time.perf_counter()
+    obs = env.reset(seed=[cfg.seed + i for i in range(seeds)])
+    loop = Loop(env, Stepper(env, replay, None, overlap), sac, lambda step, o: policy(o, False),
+                lambda step: timed_update, steps, cfg.out, after_step=step_ended, quiet=True)
+    t_start = time.perf_counter()
+    loop.run(obs)
+    t_all = t_end - t_start
     t_env = t_all - t_update
-    env.close()
     updates = steps - 1 if overlap else steps
     return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "env_workers": workers, "overlap": overlap,
             "device": str(device), "cuda_graph": isinstance(update, GraphedUpdate),
             "env_steps_per_s": steps * seeds * T / t_env, "updates_per_s": updates / t_update,
-            "steps_per_s": steps / (t_env + t_update), "seed_steps_per_s": seeds * steps / (t_env + t_update),
-            "env_share": t_env / (t_env + t_update), "update_share": t_update / (t_env + t_update)}
+            "steps_per_s": steps / t_all, "seed_steps_per_s": seeds * steps / t_all,
+            "env_share": t_env / t_all, "update_share": t_update / t_all}

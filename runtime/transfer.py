@@ -50,7 +50,6 @@ import torch
 from pydantic import ValidationError
 from torch import Tensor, nn
 from torch.func import functional_call
-from tqdm import tqdm
 
 import graphnet
 
@@ -63,14 +62,15 @@ from ..ir import info, modules, node, nodes, reads_metadata
 from ..train_config import TAPER, TrainConfig, UniformSampling
 from . import checkpoint
 from .config import RunConfig
-from .envs import MultiTaskEnv, SeedEnvs, task_names
-from .logs import RunLog, versions, write_json
+from .envs import MultiTaskEnv, SeedEnvs, TaskEnv, task_names
+from .logs import RunLog, write_json
+from .loop import Loop, Stepper, close_all
 from .prioritized import TaskSumTrees
 from .replay import TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
-from .train import (Stepper, close_all, end_episode, evaluate_all, evaluate_and_log, load_run_config, one_thread,
-                    sample_batch, start_run, stop_if_nonfinite, stop_signals)
+from .train import (evaluate_all, load_run_config, log_evaluation, one_thread, sample_batch, start_run,
+                    write_run_files)
 
 EXPLORE_STEPS = 20_000      # TaCo, Table VII: transfer-stage exploration steps n_e
 NO_BANK = "transfer reuses the policy parameter set Phi: the spec needs bank(K) layers"
@@ -322,7 +322,7 @@ def transfer_nets(source: Source, obs_dim: int, act_dim: int,
 def transfer(run_dir: Path | str, task: str, steps: int = 200_000, explore_steps: int = EXPLORE_STEPS,
              out: Path | str | None = None, seed: int = 0, eval_every: int = 10_000, eval_episodes: int = 10,
              checkpoint_every: int = 50_000, device: str | None = None, quiet: bool = False,
-             make_env: Callable[[int], MultiTaskEnv] | None = None, start: str = "best",
+             make_env: Callable[[int], TaskEnv] | None = None, start: str = "best",
              freeze_phi: bool = False) -> Path:
     """Transfer the run at `run_dir` to Meta-World task `task` (MT1:<task>); returns the new run directory.
 
@@ -366,7 +366,7 @@ def release_policy(sac: SAC, nets: AgentNets) -> None:
     sac.actor_params.extend(released)
 
 
-def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], MultiTaskEnv],
+def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], TaskEnv],
          start: str, freeze_phi: bool) -> Path:
     env, eval_env = SeedEnvs([make_env(cfg.seed)]), SeedEnvs([make_env(cfg.seed + 1_000_003)])
     try:
@@ -375,8 +375,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
         device, rng = start_run(cfg)
         nets, space, info = transfer_nets(source, env.obs_dim, env.act_dim, device)
     except BaseException:
-        env.close()
-        eval_env.close()
+        close_all(env, eval_env)
         raise
     spec, run_dir, tcfg = source.spec, cfg.out, cfg.train
     sac = SAC(nets, tcfg, env.act_dim)
@@ -389,10 +388,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
     tasks = torch.zeros(1, dtype=torch.long, device=device)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", cfg.model_dump(mode="json"))
-    write_json(run_dir / "versions.json", versions())
-    write_json(run_dir / "spec.json", {"hash": spec.hash, "values": spec.values, "sources": spec.sources})
-    (run_dir / "spec.gn").write_text(spec.sources[spec.path])
+    write_run_files(cfg, spec)
     meta = {"source": str(source.dir.resolve()), "source_step": source.step, "source_env": source.cfg.env,
             "source_tasks": source.task_names, "task": env.names[0], "explore_steps": cfg.warmup,
             "explore_w": "w~ = beta W, one beta per episode: the T corners e_t first, then beta ~ Dirichlet(1, "
@@ -410,10 +406,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
               f"{'frozen' if freeze_phi else 'fine-tuned after exploration'}, w (1 x {info['K']}) learned, "
               f"critic fresh; {cfg.warmup:,} steps of random sub-space exploration first")
     log = RunLog(run_dir, env.names)
-    explore_file = (run_dir / "exploration.csv").open("w", newline="")
-    explore_log = csv.writer(explore_file)
-    explore_log.writerow(["episode", "step", "steps", "return", *(f"w_{k}" for k in range(info["K"])),
-                          *(f"beta_{t}" for t in source.task_names)])
+    explored = Exploration(space, rng, run_dir / "exploration.csv", source.task_names)
 
     def policy(o: np.ndarray, deterministic: bool, point: dict[str, Tensor] | None = None) -> np.ndarray:
         with torch.no_grad(), one_thread(device):
@@ -425,68 +418,83 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
             action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
         return action.cpu().numpy()
 
-    step, env_state, episode = 0, None, 0
-    metrics: dict[str, Tensor] = {}
-
-    def save(env_state: list | None) -> None:
+    def save(step: int, env_state: list | None) -> None:
         checkpoint.save(run_dir, {
             "step": step, "spec_hash": f"transfer:{spec.hash}", "nets": nets.state_dict(),
             "optimizers": {k: o.state_dict() for k, o in sac.optimizers().items()},
             "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
             "env_state": env_state, "transfer": meta})
 
-    stepper = Stepper(env, replay, trees, overlap=False)   # its environments are in this process
-    bar = tqdm(total=cfg.steps, unit="step", disable=quiet, dynamic_ncols=True)
-    next_checkpoint = cfg.checkpoint_every
-    obs = env.reset(seed=[cfg.seed])
-    beta = space.explore(0, rng)                                          # a corner: no draw from rng
-    point = space.point(beta)
-    best: tuple[float, Tensor | None] = (-float("inf"), None)             # (mean reward, beta)
-    episode_start, episode_return = 0, 0.0
-    with stop_signals() as stop:
-        try:
-            while step < cfg.steps and not stop:
-                exploring = step < cfg.warmup
-                if step == cfg.warmup:                 # exploration over: SAC on w (and Phi) starts here
-                    beta_start = best[1] if start == "best" and best[1] is not None else space.centroid
-                    space.move_to(beta_start)
-                    if not freeze_phi:
-                        release_policy(sac, nets)
-                    meta["w_start"], meta["beta_start"] = new_w(nets)[0].tolist(), beta_start.tolist()
-                    write_json(run_dir / "transfer.json", meta)
-                action = policy(obs, deterministic=False, point=point if exploring else None)
+    def act(step: int, obs: np.ndarray) -> np.ndarray:
+        """The exploration episode's sub-space policy, then (from the start point) the actor's own."""
+        if step == cfg.warmup:                 # exploration over: SAC on w (and Phi) starts here
+            beta_start = explored.best if start == "best" and explored.best is not None else space.centroid
+            space.move_to(beta_start)
+            if not freeze_phi:
+                release_policy(sac, nets)
+            meta["w_start"], meta["beta_start"] = new_w(nets)[0].tolist(), beta_start.tolist()
+            write_json(run_dir / "transfer.json", meta)
+        return policy(obs, False, explored.point if step < cfg.warmup else None)
 
-                def learn(exploring: bool = exploring) -> dict[str, Tensor]:   # exploring: value and temperature
-                    batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
-                    out = sac.update(batch.with_seed_dim(), actor=not exploring)
-                    if trees is not None and taper is not None:
-                        trees.update(batch.task, batch.index, out["td_error"][0] + taper.eps)
-                    return out
-                obs, reward, episode_over, learned = stepper(obs, action, learn)
-                metrics = learned if learned is not None else metrics
-                step += 1
-                episode_return += float(reward[0]) if exploring else 0.0
+    def learn(step: int) -> Callable[[], dict[str, Tensor]]:
+        def update() -> dict[str, Tensor]:   # while exploring, the value function and the temperature only
+            batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
+            out = sac.update(batch.with_seed_dim(), actor=step >= cfg.warmup)
+            if trees is not None and taper is not None:
+                trees.update(batch.task, batch.index, out["td_error"][0] + taper.eps)
+            return out
+        return update
 
-                if exploring and (episode_over or step == cfg.warmup):
-                    best = max(best, (episode_return / (step - episode_start), beta), key=lambda b: b[0])
-                    explore_log.writerow([episode, episode_start, step - episode_start, f"{episode_return:.4f}",
-                                          *(f"{v:.6f}" for v in (*space.w(beta)[0].tolist(), *beta.tolist()))])
-                    explore_file.flush()
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    evaluate_and_log(evaluate_all(eval_env, policy, cfg, [cfg.seed]), [log], step, metrics, bar,
-                                     {"w_norm": float(new_w(nets).detach().norm())})
-                if episode_over:
-                    stop_if_nonfinite(sac, env.names, step, run_dir)
-                    obs, env_state, next_checkpoint = end_episode(env, step, next_checkpoint, cfg.checkpoint_every,
-                                                                  save)
-                    episode, episode_start, episode_return = episode + 1, step, 0.0
-                    if step < cfg.warmup:
-                        beta = space.explore(episode, rng)
-                        point = space.point(beta)
-                bar.update(1)
-            save(env_state)
-        finally:
-            close_all(bar, log, explore_file, env, eval_env)
-    if stop:
-        print(f"{stop[0]}: checkpoint written at step {step:,} (transfer runs do not resume)")
+    def after_step(step: int, reward: np.ndarray, episode_over: bool) -> None:
+        if step <= cfg.warmup:
+            explored.record(step, float(reward[0]), episode_over or step == cfg.warmup)
+            if episode_over and step < cfg.warmup:
+                explored.next_episode(step)
+
+    def evaluate_step(step: int, metrics: dict[str, Tensor]) -> np.ndarray:
+        success = evaluate_all(eval_env, policy, cfg, [cfg.seed])
+        log_evaluation(success, [log], step, metrics, {"w_norm": float(new_w(nets).detach().norm())})
+        return success
+
+    loop = Loop(env, Stepper(env, replay, trees, overlap=False), sac, act, learn, cfg.steps, run_dir, save,
+                cfg.checkpoint_every, evaluate_step, cfg.eval_every, after_step,
+                resume="transfer runs do not resume", quiet=quiet)
+    loop.run(env.reset(seed=[cfg.seed]), closing=(log, explored, eval_env))
     return run_dir
+
+
+class Exploration:
+    """TaCo's exploration episodes: one sub-space point beta each (`SubSpace.explore`), their returns (a row
+    each in exploration.csv), and the best point found (the highest mean reward per step), where SAC starts
+    with start="best"."""
+
+    def __init__(self, space: SubSpace, rng: np.random.Generator, path: Path, task_names: list[str]):
+        self.space, self.rng = space, rng
+        self.file = path.open("w", newline="")
+        self.log = csv.writer(self.file)
+        self.log.writerow(["episode", "step", "steps", "return", *(f"w_{k}" for k in range(space.W.shape[1])),
+                           *(f"beta_{t}" for t in task_names)])
+        self.episode, self.start, self.ret = 0, 0, 0.0
+        self.beta = space.explore(0, rng)                       # a corner: no draw from rng
+        self.point = space.point(self.beta)
+        self.best: Tensor | None = None
+        self.best_reward = -float("inf")
+
+    def record(self, step: int, reward: float, ended: bool) -> None:
+        """A step's reward; at the episode's end (or exploration's), the episode's row."""
+        self.ret += reward
+        if not ended:
+            return
+        if self.ret / (step - self.start) > self.best_reward:
+            self.best_reward, self.best = self.ret / (step - self.start), self.beta
+        self.log.writerow([self.episode, self.start, step - self.start, f"{self.ret:.4f}",
+                           *(f"{v:.6f}" for v in (*self.space.w(self.beta)[0].tolist(), *self.beta.tolist()))])
+        self.file.flush()
+
+    def next_episode(self, step: int) -> None:
+        self.episode, self.start, self.ret = self.episode + 1, step, 0.0
+        self.beta = self.space.explore(self.episode, self.rng)
+        self.point = self.space.point(self.beta)
+
+    def close(self) -> None:
+        self.file.close()

@@ -22,7 +22,7 @@ import numpy as np
 from gymnasium.spaces.utils import flatdim
 
 from ..errors import EnvError
-from .envs import EPISODE_STEPS, task_names
+from .envs import EPISODE_STEPS, Step, task_names
 
 
 def env_makers(env: str, seed: int) -> list[partial]:
@@ -145,8 +145,8 @@ class WorkerEnvs:
     def reset(self, seed: int | None = None) -> np.ndarray:
         return np.concatenate(self._command("reset", [seed] * len(self.conns))).astype(np.float32)
 
-    def step(self, action: np.ndarray):
-        """-> next obs, reward, terminated, episode over (all tasks), success; as MultiTaskEnv.step."""
+    def step(self, action: np.ndarray) -> Step:
+        """As MultiTaskEnv.step."""
         self.step_async(action)
         return self.step_wait()
 
@@ -154,7 +154,7 @@ class WorkerEnvs:
         """Start a step and return at once: the workers step while this process does something else."""
         self._send("step", [action[s] for s in self.slices])
 
-    def step_wait(self):
+    def step_wait(self) -> Step:
         """The step `step_async` started, as `step` returns it."""
         parts = self._gather()
         obs, reward, terminated, truncated, success = (np.concatenate(x) for x in zip(*parts))

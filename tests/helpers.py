@@ -6,12 +6,14 @@ from contextlib import contextmanager
 
 import numpy as np
 
+from graphnet.runtime.envs import InProcess
+
 CORNERS = [[0.6, 0.6], [-0.6, 0.6], [-0.6, -0.6], [0.6, -0.6]]
 
 
-class PointMass:
+class PointMass(InProcess):
     """One goal per task, unseen in the observation: only the task id tells the agent where to go.
-    Success: within 0.1 of the goal at any step of a 30-step episode. The MultiTaskEnv interface."""
+    Success: within 0.1 of the goal at any step of a 30-step episode. A TaskEnv stepped in this process."""
 
     def __init__(self, seed: int, goals=CORNERS, names=("ne", "nw", "sw", "se")):
         self.goals, self.names = np.asarray(goals, np.float32), list(names)

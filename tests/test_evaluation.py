@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import metaworld.policies as scripted
-from graphnet.runtime.envs import MultiTaskEnv
+from graphnet.runtime.envs import MultiTaskEnv, SeedEnvs
 from graphnet.runtime.evaluate import MetaWorldEvaluation, evaluate
 from graphnet.runtime.train import train
 from test_runtime import point_mass_config
@@ -35,8 +35,8 @@ def expert(name: str, noise: float, seed: int = 0):
 ])
 def test_graphnet_evaluation_agrees_with_metaworlds_protocol(task, policy, noise):
     act = expert(policy, noise) if policy else (lambda obs: np.zeros((len(obs), 4), np.float32))
-    env = MultiTaskEnv(f"MT1:{task}", 7)
-    ours = evaluate(act, env, EPISODES, 7)
+    env = SeedEnvs([MultiTaskEnv(f"MT1:{task}", 7)])
+    ours = evaluate(act, env, EPISODES, [7])
     env.close()
     protocol = MetaWorldEvaluation(f"MT1:{task}", 7)
     act = expert(policy, noise) if policy else act   # the same noise draws

@@ -18,6 +18,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import graphnet
 from graphnet.cli import main
 from graphnet.runtime.config import RunConfig
+from graphnet.runtime import envs as envs_module
+from graphnet.runtime import loop as loop_module
 from graphnet.runtime import train as train_module
 from graphnet.runtime.envs import MultiTaskEnv
 from graphnet.runtime.sac import SAC
@@ -231,7 +233,7 @@ def test_bench_train_measures_a_real_run(monkeypatch, mt10):
     vector step taking 1 s and an update 10 s, 20 steps of each: 10 env steps/s (one a task), 0.1 updates/s."""
     clock, env = Clock(), mt10(0)
     monkeypatch.setattr(train_module, "time", clock)
-    monkeypatch.setattr(train_module, "MultiTaskEnv", lambda name, seed: env)
+    monkeypatch.setattr(envs_module, "MultiTaskEnv", lambda name, seed: env)
     monkeypatch.setattr(env, "step", clock.ticking(env.step, 1.0))
     monkeypatch.setattr(SAC, "update", clock.ticking(SAC.update, 10.0))
     cfg = RunConfig(spec="mtsac", overrides={"H": 32}, env="MT10", out=Path("."), device="cpu", threads=1,
@@ -263,7 +265,7 @@ def test_nan_rewards_never_reach_the_weights_and_a_run_where_they_persist_stops(
     """Task nw's rewards turn NaN at step 150: it is left out of every update (logged), and once 90 updates in
     a row have lost it the run stops, at the episode end of step 240, before that checkpoint: step 180's, whose
     every tensor is finite, stays the latest, and says so."""
-    monkeypatch.setattr(train_module, "NONFINITE_PATIENCE", 90)
+    monkeypatch.setattr(loop_module, "NONFINITE_PATIENCE", 90)
     cfg = point_mass_config(tmp_path / "run", steps=600, warmup=60, checkpoint_every=60, eval_every=30)
     with pytest.raises(train_module.RunError, match=r"stopped at step 240: the last 9\d updates .* in nw \(") as e:
         train(cfg, quiet=True, make_env=NanRewards)
