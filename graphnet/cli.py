@@ -220,6 +220,7 @@ def cmd_bench(args) -> int:
         from pathlib import Path
         from .runtime.config import RunConfig
         from .runtime.train import bench_train
+        from .runtime.workers import bench_stepping
         spec = load(args.spec, **_overrides(args.set))
         cfg = RunConfig(spec=args.spec, overrides=_overrides(args.set), env=args.env, out=Path("."),
                         device=args.device, threads=args.threads, cuda_graph=args.cuda_graph,
@@ -229,9 +230,11 @@ def cmd_bench(args) -> int:
         if args.env_workers:   # side by side: the environments in this process, then in workers
             result = {**result, "workers": bench_train(cfg, steps=args.train_steps, workers=args.env_workers)}
             result["workers_vs_in_process_steps"] = result["workers"]["steps_per_s"] / result["steps_per_s"]
-            result["overlap"] = bench_train(cfg, steps=args.train_steps, workers=args.env_workers, overlap=True)
-            result["overlap_vs_workers_steps"] = result["overlap"]["steps_per_s"] / result["workers"]["steps_per_s"]
-            runs += [result["workers"], result["overlap"]]
+            overlap = bench_train(cfg, steps=args.train_steps, workers=args.env_workers, overlap=True)
+            result["workers_overlap"] = overlap   # not "overlap": that is the in-process run's own field
+            result["overlap_vs_workers_steps"] = overlap["steps_per_s"] / result["workers"]["steps_per_s"]
+            result["stepping"] = bench_stepping(args.env, cfg.seed, args.env_workers, args.train_steps)
+            runs += [result["workers"], overlap]
         if args.seeds:   # side by side: one seed, then a group of them in one process
             result = {**result, "group": bench_train(cfg, steps=args.train_steps, seeds=args.seeds)}
             result["group_vs_one_seed_steps"] = result["group"]["seed_steps_per_s"] / result["seed_steps_per_s"]
@@ -247,11 +250,17 @@ def cmd_bench(args) -> int:
             print(f"{args.spec} on {r['env']} ({r['tasks']} tasks{seeds}{workers}, {r['device']}{graphed}): "
                   f"{r['steps_per_s']:.1f} vector steps/s, env {r['env_steps_per_s']:.0f} "
                   f"task-steps/s, {r['updates_per_s']:.1f} updates/s; time in env "
-                  f"{100 * r['env_share']:.0f} %, in updates {100 * r['update_share']:.0f} %")
+                  f"{100 * r['env_share']:.0f} %, acting {100 * r['act_share']:.0f} %, in updates "
+                  f"{100 * r['update_share']:.0f} %")
         if args.env_workers:
             print(f"{args.env_workers} env workers: {result['workers_vs_in_process_steps']:.2f}x the vector steps/s "
                   f"of in-process environments; overlapping the update: {result['overlap_vs_workers_steps']:.2f}x "
                   "the workers' without")
+            st = result["stepping"]
+            print(f"stepping alone (random actions, no update): in process {st['in_process']:.0f} task-steps/s, "
+                  f"{args.env_workers} env workers {st['workers']:.0f} ({st['workers_vs_in_process']:.2f}x), "
+                  f"gymnasium's async vector env (a process per environment) {st['gym_async']:.0f} "
+                  f"(workers {st['workers_vs_gym_async']:.2f}x it)")
         if args.seeds:
             print(f"{args.seeds} seeds in one process: {result['group_vs_one_seed_steps']:.2f}x the seed-steps/s "
                   f"of one ({result['group']['seed_steps_per_s']:.1f} vs {result['seed_steps_per_s']:.1f})")

@@ -13,7 +13,7 @@ from typing import Any, Protocol, cast
 import gymnasium as gym
 import numpy as np
 from gymnasium.spaces.utils import flatdim
-from gymnasium.vector import SyncVectorEnv
+from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
 
 from ..errors import EnvError
 
@@ -70,16 +70,18 @@ class InProcess:
 
 
 class MultiTaskEnv(InProcess):
-    """`num_tasks` environments stepped together; task i is environment i."""
+    """`num_tasks` environments stepped together; task i is environment i. `strategy` "async" steps them in
+    gymnasium's async vector env (a process and shared memory per environment) instead of one after another;
+    `bench --train --env-workers` measures it against graphnet's own workers (runtime/workers.py)."""
 
-    def __init__(self, env: str, seed: int):
+    def __init__(self, env: str, seed: int, strategy: str = "sync"):
         self.names = task_names(env)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             one: dict[str, Any] = {"env_name": self.names[0]} if env.startswith("MT1:") else {}
-            vec = gym.make_vec(f"Meta-World/{'MT1' if one else env}", seed=seed, vector_strategy="sync",
+            vec = gym.make_vec(f"Meta-World/{'MT1' if one else env}", seed=seed, vector_strategy=strategy,
                                autoreset_mode=gym.vector.AutoresetMode.DISABLED, **one)
-        self.vec = cast(SyncVectorEnv, vec)   # what vector_strategy="sync" makes
+        self.vec = cast(SyncVectorEnv | AsyncVectorEnv, vec)   # what the vector strategies make
         self.num_tasks = len(self.names)
         self.episode_steps = EPISODE_STEPS
         self.obs_dim = flatdim(self.vec.single_observation_space)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import cast
 
@@ -130,110 +130,114 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     workers = default_workers(len(task_names(cfg.env)) * len(runs)) if cfg.env_workers is None else cfg.env_workers
     per_seed = -(-workers // len(runs))
     make_env = make_env or (lambda seed: make_envs(cfg.env, seed, per_seed))
-    env = SeedEnvs([make_env(r.seed) for r in runs])
-    if cfg.eval_protocol == "metaworld":
-        eval_env: SeedEnvs | list[MetaWorldEvaluation] = [MetaWorldEvaluation(cfg.env, r.seed + 1_000_003, workers > 0)
-                                                          for r in runs]
-    else:
-        eval_env = SeedEnvs([make_env(r.seed + 1_000_003) for r in runs])
-    spec = check(cfg, resume, graphnet.Sizes(obs=env.obs_dim, act=env.act_dim, tasks=env.num_tasks))
-    if resume and saved is not None and saved["spec_hash"] != spec.hash:
-        raise RunError(f"the spec changed since this run started (hash {saved['spec_hash']}, now {spec.hash})")
-    device, _ = start_run(cfg)
-    rngs = [np.random.default_rng(r.seed) for r in runs]
-
-    # --- the run: environments, networks (one seed, or a group as one), SAC, replay, task sampling -------
-    T, S = env.num_tasks, len(runs)
-    group = SeedGroup(spec, env.obs_dim, env.act_dim, T, [r.seed for r in runs], device)
-    nets = group.nets
-    sac = SAC(nets, cfg.train, env.act_dim)
-    replay = TaskReplay(S * T, cfg.buffer_size, env.obs_dim, env.act_dim, device)   # rows: seed-major tasks
-    taper = cfg.train.replay if isinstance(cfg.train.replay, TAPER) else None        # one seed only (check)
-    trees = TaskSumTrees.from_config(taper, T, replay.capacity, device) if taper else None
-    sampler = TaskSampler(T, cfg.train.sampling, device)
-    step, refill_until, env_state = 0, 0, None
-
-    for r in ([cfg] if cfg.seeds else []) + runs:
-        r.out.mkdir(parents=True, exist_ok=True)
-    if found is None:
-        for r in ([cfg] if cfg.seeds else []) + runs:
-            write_run_files(r, spec)
-    else:
-        states = [f.state for f in found]
-        step = states[0]["step"]
-        nets.load_state_dict(group.stack_states([st["nets"] for st in states]))
-        opts = group.stack_optimizers([st["optimizers"] for st in states], sac)
-        for name, opt in sac.optimizers().items():
-            opt.load_state_dict(opts[name])
-        torch.set_rng_state(states[0]["rng"]["torch"])
-        for rng, st in zip(rngs, states):
-            rng.bit_generator.state = st["rng"]["numpy"]
-        sampler.load_state_dict(states[0]["sampler"] if "sampler" in states[0] else
-                                {"groups": states[0]["sampler_groups"]})
-        env_states = [st["env_state"] for st in states]   # None: saved mid-episode, which restarts it
-        env_state = None if any(e is None for e in env_states) else env_states
-        if all("replay" in st for st in states):
-            replay.load_state_dict(group.stack_replays([st["replay"] for st in states]))
-            if trees is not None:
-                trees.load_state_dict(states[0]["trees"] if isinstance(states[0]["trees"], dict) else
-                                      {"tree": states[0]["trees"], "max_leaf": states[0]["max_leaf"]})
+    with ExitStack() as opened:   # what the set-up opens, closed here if it fails; by the loop once it runs
+        env = SeedEnvs([opened.enter_context(closing(make_env(r.seed))) for r in runs])
+        if cfg.eval_protocol == "metaworld":
+            eval_env: SeedEnvs | list[MetaWorldEvaluation] = [
+                opened.enter_context(closing(MetaWorldEvaluation(cfg.env, r.seed + 1_000_003, workers > 0)))
+                for r in runs]
         else:
-            refill_until = step + cfg.warmup
-        kept = all("replay" in st for st in states)
-        print(f"resuming {cfg.out} at step {step:,} of {cfg.steps:,} from checkpoints/{found[0].path.name}"
-              + (f" ({S} seeds)" if cfg.seeds else "")
-              + ("" if kept else f" (replay not saved: refilling {cfg.warmup:,} steps first)"))
-        for why in (w for f in found for w in f.skipped):
-            print(f"  a newer checkpoint could not be read and was passed over: {why}")
-    update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)   # after the checkpoint: captures its state
-    logs = [RunLog(r.out, env.names, resume_step=step if saved else None) for r in runs]
-    if env_state is not None:
-        env.set_state(env_state)
-    obs = env.reset(seed=[r.seed for r in runs] if env_state is None else None)
+            eval_env = SeedEnvs([opened.enter_context(closing(make_env(r.seed + 1_000_003))) for r in runs])
+        spec = check(cfg, resume, graphnet.Sizes(obs=env.obs_dim, act=env.act_dim, tasks=env.num_tasks))
+        if resume and saved is not None and saved["spec_hash"] != spec.hash:
+            raise RunError(f"the spec changed since this run started (hash {saved['spec_hash']}, now {spec.hash})")
+        device, _ = start_run(cfg)
+        rngs = [np.random.default_rng(r.seed) for r in runs]
 
-    policy = group_policy(nets, S, T, device)
+        # --- the run: environments, networks (one seed, or a group as one), SAC, replay, task sampling -------
+        T, S = env.num_tasks, len(runs)
+        group = SeedGroup(spec, env.obs_dim, env.act_dim, T, [r.seed for r in runs], device)
+        nets = group.nets
+        sac = SAC(nets, cfg.train, env.act_dim)
+        replay = TaskReplay(S * T, cfg.buffer_size, env.obs_dim, env.act_dim, device)   # rows: seed-major tasks
+        taper = cfg.train.replay if isinstance(cfg.train.replay, TAPER) else None        # one seed only (check)
+        trees = TaskSumTrees.from_config(taper, T, replay.capacity, device) if taper else None
+        sampler = TaskSampler(T, cfg.train.sampling, device)
+        step, refill_until, env_state = 0, 0, None
 
-    def save(step: int, env_state: list | None) -> None:
-        nets_state = nets.state_dict()
-        opts = {k: o.state_dict() for k, o in sac.optimizers().items()}
-        replay_state = replay.state_dict() if cfg.save_replay else None
-        for i, r in enumerate(runs):
-            state = {"step": step, "spec_hash": spec.hash, "nets": group.seed_state(nets_state, i),
-                     "optimizers": group.seed_optimizers(opts, sac, i),
-                     "rng": {"torch": torch.get_rng_state(), "numpy": rngs[i].bit_generator.state},
-                     "sampler": sampler.state_dict(), "env_state": None if env_state is None else env_state[i]}
-            if cfg.seeds:
-                state["group"] = {"seeds": cfg.seeds}
-            if replay_state is not None:
-                state["replay"] = group.seed_replay(replay_state, i)
+        for r in ([cfg] if cfg.seeds else []) + runs:
+            r.out.mkdir(parents=True, exist_ok=True)
+        if found is None:
+            for r in ([cfg] if cfg.seeds else []) + runs:
+                write_run_files(r, spec)
+        else:
+            states = [f.state for f in found]
+            step = states[0]["step"]
+            nets.load_state_dict(group.stack_states([st["nets"] for st in states]))
+            opts = group.stack_optimizers([st["optimizers"] for st in states], sac)
+            for name, opt in sac.optimizers().items():
+                opt.load_state_dict(opts[name])
+            torch.set_rng_state(states[0]["rng"]["torch"])
+            for rng, st in zip(rngs, states):
+                rng.bit_generator.state = st["rng"]["numpy"]
+            sampler.load_state_dict(states[0]["sampler"] if "sampler" in states[0] else
+                                    {"groups": states[0]["sampler_groups"]})
+            env_states = [st["env_state"] for st in states]   # None: saved mid-episode, which restarts it
+            env_state = None if any(e is None for e in env_states) else env_states
+            if all("replay" in st for st in states):
+                replay.load_state_dict(group.stack_replays([st["replay"] for st in states]))
                 if trees is not None:
-                    state["trees"] = trees.state_dict()
-            checkpoint.save(r.out, state)
+                    trees.load_state_dict(states[0]["trees"] if isinstance(states[0]["trees"], dict) else
+                                          {"tree": states[0]["trees"], "max_leaf": states[0]["max_leaf"]})
+            else:
+                refill_until = step + cfg.warmup
+            kept = all("replay" in st for st in states)
+            print(f"resuming {cfg.out} at step {step:,} of {cfg.steps:,} from checkpoints/{found[0].path.name}"
+                  + (f" ({S} seeds)" if cfg.seeds else "")
+                  + ("" if kept else f" (replay not saved: refilling {cfg.warmup:,} steps first)"))
+            for why in (w for f in found for w in f.skipped):
+                print(f"  a newer checkpoint could not be read and was passed over: {why}")
+        update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)   # after the checkpoint: captures its state
+        logs = [opened.enter_context(closing(RunLog(r.out, env.names, resume_step=step if saved else None)))
+                for r in runs]
+        if env_state is not None:
+            env.set_state(env_state)
+        obs = env.reset(seed=[r.seed for r in runs] if env_state is None else None)
 
-    def act(step: int, obs: np.ndarray) -> np.ndarray:
-        return env.random_actions(rngs) if step < cfg.warmup else policy(obs, False)
+        policy = group_policy(nets, S, T, device)
 
-    def learn_step() -> dict[str, Tensor]:
-        batch = group.batch(sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task, S))
-        out = update(batch)
-        if trees is not None and taper is not None:
-            trees.update(batch.task, batch.index[0], out["td_error"][0] + taper.eps)
-        return out
+        def save(step: int, env_state: list | None) -> None:
+            nets_state = nets.state_dict()
+            opts = {k: o.state_dict() for k, o in sac.optimizers().items()}
+            replay_state = replay.state_dict() if cfg.save_replay else None
+            for i, r in enumerate(runs):
+                state = {"step": step, "spec_hash": spec.hash, "nets": group.seed_state(nets_state, i),
+                         "optimizers": group.seed_optimizers(opts, sac, i),
+                         "rng": {"torch": torch.get_rng_state(), "numpy": rngs[i].bit_generator.state},
+                         "sampler": sampler.state_dict(), "env_state": None if env_state is None else env_state[i]}
+                if cfg.seeds:
+                    state["group"] = {"seeds": cfg.seeds}
+                if replay_state is not None:
+                    state["replay"] = group.seed_replay(replay_state, i)
+                    if trees is not None:
+                        state["trees"] = trees.state_dict()
+                checkpoint.save(r.out, state)
 
-    def after_step(step: int, reward: np.ndarray, episode_over: bool) -> None:
-        # taco sampling regroups by w: the spec check refuses it without a bank, and for a group
-        if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
-            sampler.regroup(nets.bank_table.detach())
+        def act(step: int, obs: np.ndarray) -> np.ndarray:
+            return env.random_actions(rngs) if step < cfg.warmup else policy(obs, False)
 
-    def evaluate_step(step: int, metrics: dict[str, Tensor]) -> np.ndarray:
-        success = evaluate_all(eval_env, policy, cfg, [r.seed for r in runs])
-        log_evaluation(success, logs, step, metrics)
-        return success
+        def learn_step() -> dict[str, Tensor]:
+            batch = group.batch(sample_batch(replay, trees, sampler, taper, cfg.train.batch_per_task, S))
+            out = update(batch)
+            if trees is not None and taper is not None:
+                trees.update(batch.task, batch.index[0], out["td_error"][0] + taper.eps)
+            return out
 
-    loop = Loop(env, Stepper(env, replay, trees, workers > 0 if cfg.overlap is None else cfg.overlap), sac, act,
-                lambda step: learn_step if step + 1 >= max(cfg.warmup, refill_until) else None, cfg.steps,
-                cfg.out, save, cfg.checkpoint_every, evaluate_step, cfg.eval_every, after_step,
-                resume=f"continue with: graphnet train --resume {cfg.out}", quiet=quiet)
+        def after_step(step: int, reward: np.ndarray, episode_over: bool) -> None:
+            # taco sampling regroups by w: the spec check refuses it without a bank, and for a group
+            if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
+                sampler.regroup(nets.bank_table.detach())
+
+        def evaluate_step(step: int, metrics: dict[str, Tensor]) -> np.ndarray:
+            success = evaluate_all(eval_env, policy, cfg, [r.seed for r in runs])
+            log_evaluation(success, logs, step, metrics)
+            return success
+
+        loop = Loop(env, Stepper(env, replay, trees, workers > 0 if cfg.overlap is None else cfg.overlap), sac, act,
+                    lambda step: learn_step if step + 1 >= max(cfg.warmup, refill_until) else None, cfg.steps,
+                    cfg.out, save, cfg.checkpoint_every, evaluate_step, cfg.eval_every, after_step,
+                    resume=f"continue with: graphnet train --resume {cfg.out}", quiet=quiet)
+        opened.pop_all()
     loop.run(obs, step, env_state, closing=(*logs, *(eval_env if isinstance(eval_env, list) else [eval_env])))
     return cfg.out
 
@@ -326,11 +330,10 @@ def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSa
 
 
 def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int = 0, overlap: bool = False) -> dict:
-    """Env steps/s, updates/s and the share of time in the update vs the rest (stepping the environments,
-    acting, storing), on a short real run of train's loop: `seeds` seeds trained as one (seed_steps_per_s
-    counts each seed's vector steps), the environments in this process or in `workers` worker processes (per
-    seed), the update after the step or during it (`overlap`: then env time is only what the update did not
-    hide)."""
+    """Vector steps/s and where the time goes (the update, acting, the rest: stepping the environments and
+    storing), on a short real run of train's loop: `seeds` seeds trained as one (seed_steps_per_s counts each
+    seed's vector steps), the environments in this process or in `workers` worker processes (per seed), the
+    update after the step or during it (`overlap`: then env time is only what the update did not hide)."""
     spec = check(cfg, resume=True)
     device, _ = start_run(cfg)
     env = SeedEnvs([make_envs(cfg.env, cfg.seed + i, workers) for i in range(seeds)])
@@ -340,29 +343,33 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int =
     update = make_update(sac, cfg, device, env.obs_dim, env.act_dim)
     replay = TaskReplay(seeds * T, steps + 1, env.obs_dim, env.act_dim, device)
     policy = group_policy(group.nets, seeds, T, device)
-    t_update, t_end = 0.0, 0.0
+    spent = {"update": 0.0, "act": 0.0}
 
-    def timed_update() -> dict[str, Tensor]:
-        nonlocal t_update
-        start = time.perf_counter()
+    def timed(part: str, fn: Callable) -> Callable:
+        def call(*args):
+            start = time.perf_counter()
+            out = fn(*args)
+            spent[part] += time.perf_counter() - start
+            return out
+        return call
+
+    def learn() -> dict[str, Tensor]:
         metrics = update(group.batch(replay.sample(cfg.train.batch_per_task)))
         metrics["critic_loss"].sum().item()  # wait for the device
-        t_update += time.perf_counter() - start
         return metrics
 
     def step_ended(step: int, reward: np.ndarray, episode_over: bool) -> None:
-        nonlocal t_end
-        t_end = time.perf_counter()
+        spent["end"] = time.perf_counter()
     obs = env.reset(seed=[cfg.seed + i for i in range(seeds)])
-    loop = Loop(env, Stepper(env, replay, None, overlap), sac, lambda step, o: policy(o, False),
-                lambda step: timed_update, steps, cfg.out, after_step=step_ended, quiet=True)
-    t_start = time.perf_counter()
+    loop = Loop(env, Stepper(env, replay, None, overlap), sac, timed("act", lambda step, o: policy(o, False)),
+                lambda step: timed("update", learn), steps, cfg.out, after_step=step_ended, quiet=True)
+    start = time.perf_counter()
     loop.run(obs)
-    t_all = t_end - t_start
-    t_env = t_all - t_update
+    t_all = spent["end"] - start
+    t_env = t_all - spent["update"] - spent["act"]
     updates = steps - 1 if overlap else steps
     return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "env_workers": workers, "overlap": overlap,
             "device": str(device), "cuda_graph": isinstance(update, GraphedUpdate),
-            "env_steps_per_s": steps * seeds * T / t_env, "updates_per_s": updates / t_update,
-            "steps_per_s": steps / t_all, "seed_steps_per_s": seeds * steps / t_all,
-            "env_share": t_env / t_all, "update_share": t_update / t_all}
+            "env_steps_per_s": steps * seeds * T / t_env, "updates_per_s": updates / spent["update"],
+            "steps_per_s": steps / t_all, "seed_steps_per_s": seeds * steps / t_all, "env_share": t_env / t_all,
+            "act_share": spent["act"] / t_all, "update_share": spent["update"] / t_all}

@@ -42,6 +42,7 @@ transfer run does not resume. `load_transferred` reads its networks back.
 from __future__ import annotations
 
 import csv
+from contextlib import ExitStack, closing
 from pathlib import Path
 from collections.abc import Callable
 
@@ -64,7 +65,7 @@ from . import checkpoint
 from .config import RunConfig
 from .envs import MultiTaskEnv, SeedEnvs, TaskEnv, task_names
 from .logs import RunLog, write_json
-from .loop import Loop, Stepper, close_all
+from .loop import Loop, Stepper
 from .prioritized import TaskSumTrees
 from .replay import TaskReplay
 from .sac import SAC, squashed_sample
@@ -368,97 +369,98 @@ def release_policy(sac: SAC, nets: AgentNets) -> None:
 
 def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], TaskEnv],
          start: str, freeze_phi: bool) -> Path:
-    env, eval_env = SeedEnvs([make_env(cfg.seed)]), SeedEnvs([make_env(cfg.seed + 1_000_003)])
-    try:
+    with ExitStack() as opened:   # what the set-up opens, closed here if it fails; by the loop once it runs
+        env = SeedEnvs([opened.enter_context(closing(make_env(cfg.seed)))])
+        eval_env = SeedEnvs([opened.enter_context(closing(make_env(cfg.seed + 1_000_003)))])
         if env.num_tasks != 1:
             raise TransferError(f"transfer learns one new task; the environment has {env.num_tasks}")
         device, rng = start_run(cfg)
         nets, space, info = transfer_nets(source, env.obs_dim, env.act_dim, device)
-    except BaseException:
-        close_all(env, eval_env)
-        raise
-    spec, run_dir, tcfg = source.spec, cfg.out, cfg.train
-    sac = SAC(nets, tcfg, env.act_dim)
-    if len(sac.actor_params) != 1 or sac.actor_params[0] is not nets.bank_table:   # until exploration ends
-        raise TransferError("internal: the actor optimizer would train more than w")
-    replay = TaskReplay(1, min(cfg.buffer_size, cfg.steps), env.obs_dim, env.act_dim, device)
-    taper = tcfg.replay if isinstance(tcfg.replay, TAPER) else None
-    trees = TaskSumTrees.from_config(taper, 1, replay.capacity, device) if taper else None
-    sampler = TaskSampler(1, tcfg.sampling, device)
-    tasks = torch.zeros(1, dtype=torch.long, device=device)
+        spec, run_dir, tcfg = source.spec, cfg.out, cfg.train
+        sac = SAC(nets, tcfg, env.act_dim)
+        if len(sac.actor_params) != 1 or sac.actor_params[0] is not nets.bank_table:   # until exploration ends
+            raise TransferError("internal: the actor optimizer would train more than w")
+        replay = TaskReplay(1, min(cfg.buffer_size, cfg.steps), env.obs_dim, env.act_dim, device)
+        taper = tcfg.replay if isinstance(tcfg.replay, TAPER) else None
+        trees = TaskSumTrees.from_config(taper, 1, replay.capacity, device) if taper else None
+        sampler = TaskSampler(1, tcfg.sampling, device)
+        tasks = torch.zeros(1, dtype=torch.long, device=device)
 
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_run_files(cfg, spec)
-    meta = {"source": str(source.dir.resolve()), "source_step": source.step, "source_env": source.cfg.env,
-            "source_tasks": source.task_names, "task": env.names[0], "explore_steps": cfg.warmup,
-            "explore_w": "w~ = beta W, one beta per episode: the T corners e_t first, then beta ~ Dirichlet(1, "
-                         "..., 1) over the source tasks (the one-hot input, where the actor reads one, is beta too)",
-            "start": start, "phi": "frozen" if freeze_phi else "fine-tuned",
-            "actor": "w (1 x K) learned; Phi (bank copies), shared layers and one-hot input rows: the run's, "
-                     + ("frozen" if freeze_phi else "frozen while exploring, then fine-tuned with w"),
-            "critic": "fresh: critic, target and temperature",
-            "task_input": "starts as beta_start's mixture of the source tasks' one-hot rows",
-            "source_w": source.table.tolist(), **info}
-    write_json(run_dir / "transfer.json", meta)
-    if not quiet:
-        print(f"transfer {source.dir} (step {source.step:,}, {source.num_tasks} tasks) -> {env.names[0]}: "
-              f"Phi {info['phi_params']:,} and shared {info['shared_params']:,} actor parameters "
-              f"{'frozen' if freeze_phi else 'fine-tuned after exploration'}, w (1 x {info['K']}) learned, "
-              f"critic fresh; {cfg.warmup:,} steps of random sub-space exploration first")
-    log = RunLog(run_dir, env.names)
-    explored = Exploration(space, rng, run_dir / "exploration.csv", source.task_names)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_run_files(cfg, spec)
+        meta = {"source": str(source.dir.resolve()), "source_step": source.step, "source_env": source.cfg.env,
+                "source_tasks": source.task_names, "task": env.names[0], "explore_steps": cfg.warmup,
+                "explore_w": "w~ = beta W, one beta per episode: the T corners e_t first, then beta ~ "
+                             "Dirichlet(1, ..., 1) over the source tasks (the one-hot input, where the actor reads "
+                             "one, is beta too)",
+                "start": start, "phi": "frozen" if freeze_phi else "fine-tuned",
+                "actor": "w (1 x K) learned; Phi (bank copies), shared layers and one-hot input rows: the run's, "
+                         + ("frozen" if freeze_phi else "frozen while exploring, then fine-tuned with w"),
+                "critic": "fresh: critic, target and temperature",
+                "task_input": "starts as beta_start's mixture of the source tasks' one-hot rows",
+                "source_w": source.table.tolist(), **info}
+        write_json(run_dir / "transfer.json", meta)
+        if not quiet:
+            print(f"transfer {source.dir} (step {source.step:,}, {source.num_tasks} tasks) -> {env.names[0]}: "
+                  f"Phi {info['phi_params']:,} and shared {info['shared_params']:,} actor parameters "
+                  f"{'frozen' if freeze_phi else 'fine-tuned after exploration'}, w (1 x {info['K']}) learned, "
+                  f"critic fresh; {cfg.warmup:,} steps of random sub-space exploration first")
+        log = opened.enter_context(closing(RunLog(run_dir, env.names)))
+        explored = opened.enter_context(closing(Exploration(space, rng, run_dir / "exploration.csv",
+                                                            source.task_names)))
 
-    def policy(o: np.ndarray, deterministic: bool, point: dict[str, Tensor] | None = None) -> np.ndarray:
-        with torch.no_grad(), one_thread(device):
-            x = torch.as_tensor(o, device=device)
-            if point is None:
-                mean, log_std = nets.actor(x, tasks, task_major=True)
-            else:   # pi_explore: the actor at a point of the sub-space, theta = Phi w~
-                mean, log_std = functional_call(nets.actor, point, (x, tasks, True))
-            action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
-        return action.cpu().numpy()
+        def policy(o: np.ndarray, deterministic: bool, point: dict[str, Tensor] | None = None) -> np.ndarray:
+            with torch.no_grad(), one_thread(device):
+                x = torch.as_tensor(o, device=device)
+                if point is None:
+                    mean, log_std = nets.actor(x, tasks, task_major=True)
+                else:   # pi_explore: the actor at a point of the sub-space, theta = Phi w~
+                    mean, log_std = functional_call(nets.actor, point, (x, tasks, True))
+                action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
+            return action.cpu().numpy()
 
-    def save(step: int, env_state: list | None) -> None:
-        checkpoint.save(run_dir, {
-            "step": step, "spec_hash": f"transfer:{spec.hash}", "nets": nets.state_dict(),
-            "optimizers": {k: o.state_dict() for k, o in sac.optimizers().items()},
-            "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
-            "env_state": env_state, "transfer": meta})
+        def save(step: int, env_state: list | None) -> None:
+            checkpoint.save(run_dir, {
+                "step": step, "spec_hash": f"transfer:{spec.hash}", "nets": nets.state_dict(),
+                "optimizers": {k: o.state_dict() for k, o in sac.optimizers().items()},
+                "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
+                "env_state": env_state, "transfer": meta})
 
-    def act(step: int, obs: np.ndarray) -> np.ndarray:
-        """The exploration episode's sub-space policy, then (from the start point) the actor's own."""
-        if step == cfg.warmup:                 # exploration over: SAC on w (and Phi) starts here
-            beta_start = explored.best if start == "best" and explored.best is not None else space.centroid
-            space.move_to(beta_start)
-            if not freeze_phi:
-                release_policy(sac, nets)
-            meta["w_start"], meta["beta_start"] = new_w(nets)[0].tolist(), beta_start.tolist()
-            write_json(run_dir / "transfer.json", meta)
-        return policy(obs, False, explored.point if step < cfg.warmup else None)
+        def act(step: int, obs: np.ndarray) -> np.ndarray:
+            """The exploration episode's sub-space policy, then (from the start point) the actor's own."""
+            if step == cfg.warmup:                 # exploration over: SAC on w (and Phi) starts here
+                beta_start = explored.best if start == "best" and explored.best is not None else space.centroid
+                space.move_to(beta_start)
+                if not freeze_phi:
+                    release_policy(sac, nets)
+                meta["w_start"], meta["beta_start"] = new_w(nets)[0].tolist(), beta_start.tolist()
+                write_json(run_dir / "transfer.json", meta)
+            return policy(obs, False, explored.point if step < cfg.warmup else None)
 
-    def learn(step: int) -> Callable[[], dict[str, Tensor]]:
-        def update() -> dict[str, Tensor]:   # while exploring, the value function and the temperature only
-            batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
-            out = sac.update(batch.with_seed_dim(), actor=step >= cfg.warmup)
-            if trees is not None and taper is not None:
-                trees.update(batch.task, batch.index, out["td_error"][0] + taper.eps)
-            return out
-        return update
+        def learn(step: int) -> Callable[[], dict[str, Tensor]]:
+            def update() -> dict[str, Tensor]:   # while exploring, the value function and the temperature only
+                batch = sample_batch(replay, trees, sampler, taper, tcfg.batch_per_task)
+                out = sac.update(batch.with_seed_dim(), actor=step >= cfg.warmup)
+                if trees is not None and taper is not None:
+                    trees.update(batch.task, batch.index, out["td_error"][0] + taper.eps)
+                return out
+            return update
 
-    def after_step(step: int, reward: np.ndarray, episode_over: bool) -> None:
-        if step <= cfg.warmup:
-            explored.record(step, float(reward[0]), episode_over or step == cfg.warmup)
-            if episode_over and step < cfg.warmup:
-                explored.next_episode(step)
+        def after_step(step: int, reward: np.ndarray, episode_over: bool) -> None:
+            if step <= cfg.warmup:
+                explored.record(step, float(reward[0]), episode_over or step == cfg.warmup)
+                if episode_over and step < cfg.warmup:
+                    explored.next_episode(step)
 
-    def evaluate_step(step: int, metrics: dict[str, Tensor]) -> np.ndarray:
-        success = evaluate_all(eval_env, policy, cfg, [cfg.seed])
-        log_evaluation(success, [log], step, metrics, {"w_norm": float(new_w(nets).detach().norm())})
-        return success
+        def evaluate_step(step: int, metrics: dict[str, Tensor]) -> np.ndarray:
+            success = evaluate_all(eval_env, policy, cfg, [cfg.seed])
+            log_evaluation(success, [log], step, metrics, {"w_norm": float(new_w(nets).detach().norm())})
+            return success
 
-    loop = Loop(env, Stepper(env, replay, trees, overlap=False), sac, act, learn, cfg.steps, run_dir, save,
-                cfg.checkpoint_every, evaluate_step, cfg.eval_every, after_step,
-                resume="transfer runs do not resume", quiet=quiet)
+        loop = Loop(env, Stepper(env, replay, trees, overlap=False), sac, act, learn, cfg.steps, run_dir, save,
+                    cfg.checkpoint_every, evaluate_step, cfg.eval_every, after_step,
+                    resume="transfer runs do not resume", quiet=quiet)
+        opened.pop_all()
     loop.run(env.reset(seed=[cfg.seed]), closing=(log, explored, eval_env))
     return run_dir
 

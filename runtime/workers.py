@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import time
 import traceback
 from functools import partial
 from multiprocessing.connection import Connection
@@ -22,7 +23,7 @@ import numpy as np
 from gymnasium.spaces.utils import flatdim
 
 from ..errors import EnvError
-from .envs import EPISODE_STEPS, Step, task_names
+from .envs import EPISODE_STEPS, MultiTaskEnv, Step, TaskEnv, task_names
 
 
 def env_makers(env: str, seed: int) -> list[partial]:
@@ -184,3 +185,25 @@ class WorkerEnvs:
         for conn in self.conns:
             conn.close()
         self.conns, self.procs = [], []
+
+
+def bench_stepping(env: str, seed: int, workers: int, steps: int) -> dict[str, float]:
+    """Task-steps/s of stepping alone (random actions, no update), side by side: the environments in this
+    process, in `workers` of graphnet's worker processes (several environments each), and in gymnasium's
+    async vector env (a process and shared memory per environment): the measurement behind the workers."""
+    def rate(envs: TaskEnv) -> float:
+        rng = np.random.default_rng(seed)
+        try:
+            envs.reset(seed=seed)
+            start = time.perf_counter()
+            for _ in range(steps):
+                envs.step_async(envs.random_actions(rng))
+                if envs.step_wait()[3]:
+                    envs.reset()
+            return steps * envs.num_tasks / (time.perf_counter() - start)
+        finally:
+            envs.close()
+    in_process = rate(MultiTaskEnv(env, seed))
+    ours, gym_async = rate(WorkerEnvs(env, seed, workers)), rate(MultiTaskEnv(env, seed, strategy="async"))
+    return {"in_process": in_process, "workers": ours, "gym_async": gym_async,
+            "workers_vs_in_process": ours / in_process, "workers_vs_gym_async": ours / gym_async}

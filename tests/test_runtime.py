@@ -229,10 +229,13 @@ class Clock:
 
 
 def test_bench_train_measures_a_real_run(monkeypatch, mt10):
-    """`graphnet bench --train`: env and update throughput of a short real Meta-World run, eager on a CPU. An MT10
-    vector step taking 1 s and an update 10 s, 20 steps of each: 10 env steps/s (one a task), 0.1 updates/s."""
+    """`graphnet bench --train`: where the time of a short real Meta-World run goes, eager on a CPU. An MT10 vector
+    step taking 1 s, acting 2 s and an update 10 s, 20 steps of each: 10 env steps/s (one a task), 0.1 updates/s,
+    1/13 vector steps/s."""
     clock, env = Clock(), mt10(0)
+    policy = train_module.group_policy
     monkeypatch.setattr(train_module, "time", clock)
+    monkeypatch.setattr(train_module, "group_policy", lambda *args: clock.ticking(policy(*args), 2.0))
     monkeypatch.setattr(envs_module, "MultiTaskEnv", lambda name, seed: env)
     monkeypatch.setattr(env, "step", clock.ticking(env.step, 1.0))
     monkeypatch.setattr(SAC, "update", clock.ticking(SAC.update, 10.0))
@@ -240,9 +243,9 @@ def test_bench_train_measures_a_real_run(monkeypatch, mt10):
                     train=TrainConfig(batch_per_task=16))
     r = bench_train(cfg, steps=20)
     assert r["cuda_graph"] is False and r["tasks"] == 10 and r["device"] == "cpu"
-    assert clock.now == 20 * 1.0 + 20 * 10.0
-    expected = {"env_steps_per_s": 10.0, "updates_per_s": 0.1, "steps_per_s": 1 / 11, "env_share": 1 / 11,
-                "update_share": 10 / 11}
+    assert clock.now == 20 * (1.0 + 2.0 + 10.0)
+    expected = {"env_steps_per_s": 10.0, "updates_per_s": 0.1, "steps_per_s": 1 / 13, "env_share": 1 / 13,
+                "act_share": 2 / 13, "update_share": 10 / 13}
     assert {key: r[key] for key in expected} == pytest.approx(expected)
 
 

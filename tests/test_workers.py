@@ -2,6 +2,7 @@
 restore across the two, a dead worker as one error with a checkpoint, and no orphans when the run is killed."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from graphnet.cli import main
 from graphnet.errors import RunError
 from graphnet.runtime.envs import MultiTaskEnv
 from graphnet.runtime.train import train
@@ -104,3 +106,44 @@ def test_workers_exit_when_the_run_is_killed():
         time.sleep(0.2)
     os.kill(worker, signal.SIGKILL)
     pytest.fail("the worker outlived its run by 20 s")
+
+
+def test_bench_train_sets_the_sides_side_by_side(capsys):
+    """`graphnet bench --train --env-workers N --seeds S`: in-process, workers, overlap, stepping alone (graphnet's
+    workers and gymnasium's async vector env) and S seeds, from one command; each ratio is the quotient of the
+    figures it compares, and each run's time splits into env, acting and update."""
+    args = ["bench", "mtsac", "--train", "--env", "MT1:reach-v3", "--env-workers", "2", "--seeds", "2",
+            "--train-steps", "3", "--set", "H=16", "--device", "cpu"]
+    assert main([*args, "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    runs = [r, r["workers"], r["workers_overlap"], r["group"]]
+    assert [(x["env_workers"], x["overlap"], x["seeds"]) for x in runs] == [(0, False, 1), (2, False, 1),
+                                                                          (2, True, 1), (0, False, 2)]
+    for x in runs:
+        assert x["env_share"] + x["act_share"] + x["update_share"] == pytest.approx(1)
+        assert min(x["env_share"], x["act_share"], x["update_share"]) > 0
+    assert r["workers_vs_in_process_steps"] == pytest.approx(r["workers"]["steps_per_s"] / r["steps_per_s"])
+    assert r["overlap_vs_workers_steps"] == pytest.approx(r["workers_overlap"]["steps_per_s"] /
+                                                          r["workers"]["steps_per_s"])
+    assert r["group_vs_one_seed_steps"] == pytest.approx(r["group"]["seed_steps_per_s"] / r["seed_steps_per_s"])
+    st = r["stepping"]
+    assert st["workers_vs_in_process"] == pytest.approx(st["workers"] / st["in_process"])
+    assert st["workers_vs_gym_async"] == pytest.approx(st["workers"] / st["gym_async"])
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "overlapping the update" in out and "stepping alone" in out and "2 seeds in one process" in out
+
+
+def test_a_set_up_that_fails_once_the_workers_run_closes_them(tmp_path):
+    """An error found after the environments are up (here --cuda-graph on a CPU) closes them: no worker is left,
+    training's nor evaluation's."""
+    envs: list[WorkerEnvs] = []
+
+    def make(seed: int) -> WorkerEnvs:
+        envs.append(WorkerEnvs("MT1:reach-v3", seed, workers=1))
+        return envs[-1]
+    cfg = point_mass_config(tmp_path / "run", steps=50, env="MT1:reach-v3", cuda_graph=True,
+                            overrides={"H": 16, "N": 1})
+    with pytest.raises(RunError, match="--cuda-graph"):
+        train(cfg, quiet=True, make_env=make)
+    assert len(envs) == 2 and all(e.procs == [] for e in envs)
