@@ -233,10 +233,12 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             log_evaluation(success, logs, step, metrics)
             return success
 
-        loop = Loop(env, Stepper(env, replay, trees, workers > 0 if cfg.overlap is None else cfg.overlap), sac, act,
-                    lambda step: learn_step if step + 1 >= max(cfg.warmup, refill_until) else None, cfg.steps,
-                    cfg.out, save, cfg.checkpoint_every, evaluate_step, cfg.eval_every, after_step,
-                    resume=f"continue with: graphnet train --resume {cfg.out}", quiet=quiet)
+        overlap = workers > 0 if cfg.overlap is None else cfg.overlap
+        loop = Loop(env, Stepper(env, replay, trees, overlap), sac, steps=cfg.steps, run_dir=cfg.out, act=act,
+                    learn=lambda step: learn_step if step + 1 >= max(cfg.warmup, refill_until) else None,
+                    after_step=after_step, evaluate=evaluate_step, eval_every=cfg.eval_every, save=save,
+                    checkpoint_every=cfg.checkpoint_every, resume=f"continue with: graphnet train --resume {cfg.out}",
+                    quiet=quiet)
         opened.pop_all()
     loop.run(obs, step, env_state, closing=(*logs, *(eval_env if isinstance(eval_env, list) else [eval_env])))
     return cfg.out
@@ -361,8 +363,9 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int =
     def step_ended(step: int, reward: np.ndarray, episode_over: bool) -> None:
         spent["end"] = time.perf_counter()
     obs = env.reset(seed=[cfg.seed + i for i in range(seeds)])
-    loop = Loop(env, Stepper(env, replay, None, overlap), sac, timed("act", lambda step, o: policy(o, False)),
-                lambda step: timed("update", learn), steps, cfg.out, after_step=step_ended, quiet=True)
+    loop = Loop(env, Stepper(env, replay, None, overlap), sac, steps=steps, run_dir=cfg.out,
+                act=timed("act", lambda step, o: policy(o, False)), learn=lambda step: timed("update", learn),
+                after_step=step_ended, quiet=True)
     start = time.perf_counter()
     loop.run(obs)
     t_all = spent["end"] - start

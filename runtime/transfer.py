@@ -457,9 +457,9 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
             log_evaluation(success, [log], step, metrics, {"w_norm": float(new_w(nets).detach().norm())})
             return success
 
-        loop = Loop(env, Stepper(env, replay, trees, overlap=False), sac, act, learn, cfg.steps, run_dir, save,
-                    cfg.checkpoint_every, evaluate_step, cfg.eval_every, after_step,
-                    resume="transfer runs do not resume", quiet=quiet)
+        loop = Loop(env, Stepper(env, replay, trees, overlap=False), sac, steps=cfg.steps, run_dir=run_dir, act=act,
+                    learn=learn, after_step=after_step, evaluate=evaluate_step, eval_every=cfg.eval_every, save=save,
+                    checkpoint_every=cfg.checkpoint_every, resume="transfer runs do not resume", quiet=quiet)
         opened.pop_all()
     loop.run(env.reset(seed=[cfg.seed]), closing=(log, explored, eval_env))
     return run_dir
