@@ -644,7 +644,7 @@ class Elaborator:
     def template(self, op: str, attrs: dict, in_width: int | None, sharing, scope: Scope, pos: Pos) -> Template:
         mid = self.new_id("module", scope.path + (op,))
         info(self.g).modules[mid] = Module(id=mid, op=op, attrs=attrs, sharing="shared", copies=1,
-                                              per_copy=0, role="common", pos=pos)
+                                           per_copy=0, role="common", pos=pos)
         self._set_sharing(mid, sharing)
         return Template(mid, op, attrs, in_width, pos)
 

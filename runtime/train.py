@@ -363,8 +363,9 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int =
     def step_ended(step: int, reward: np.ndarray, episode_over: bool) -> None:
         spent["end"] = time.perf_counter()
     obs = env.reset(seed=[cfg.seed + i for i in range(seeds)])
+    timed_learn = timed("update", learn)
     loop = Loop(env, Stepper(env, replay, None, overlap), sac, steps=steps, run_dir=cfg.out,
-                act=timed("act", lambda step, o: policy(o, False)), learn=lambda step: timed("update", learn),
+                act=timed("act", lambda step, o: policy(o, False)), learn=lambda step: timed_learn,
                 after_step=step_ended, quiet=True)
     start = time.perf_counter()
     loop.run(obs)

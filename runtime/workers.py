@@ -198,7 +198,8 @@ def bench_stepping(env: str, seed: int, workers: int, steps: int) -> dict[str, f
             start = time.perf_counter()
             for _ in range(steps):
                 envs.step_async(envs.random_actions(rng))
-                if envs.step_wait()[3]:
+                _, _, _, episode_over, _ = envs.step_wait()
+                if episode_over:
                     envs.reset()
             return steps * envs.num_tasks / (time.perf_counter() - start)
         finally:

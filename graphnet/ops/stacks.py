@@ -63,8 +63,8 @@ def gram_schmidt(x: Tensor, k: int) -> Tensor:
     for i in range(k):
         v = members[..., i, :]
         for e in basis:
-            v = v - (v * e).sum(-1, keepdim=True) * e
-        basis.append(v / torch.sqrt((v * v).sum(-1, keepdim=True) + EPS))
+            v = v - dot(v, e) * e
+        basis.append(v / norm(v))
     return torch.cat(basis, -1)
 
 
