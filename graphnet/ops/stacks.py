@@ -108,9 +108,12 @@ def _mix_width(w: list[int], a: dict) -> int:
 
 def mix(s: Tensor, weights: Tensor, k: int) -> Tensor:
     """`[E, B, k * W]` by `[E, B, k]` (one weight per member) or `[E, B, n * k]` (n rows of weights, a new
-    stack of n): one batched product either way."""
+    stack of n)."""
+    members = _members(s, k)
+    if weights.shape[-1] == k:
+        return (members * weights.unsqueeze(-1)).sum(-2)
     rows = _members(weights, weights.shape[-1] // k)                      # [E, B, n, k]
-    return (rows @ _members(s, k)).flatten(-2)
+    return (rows @ members).flatten(-2)
 
 
 def _mix_reference(s: Tensor, weights: Tensor, k: int) -> Tensor:
