@@ -226,7 +226,7 @@ def cmd_bench(args) -> int:
                         device=args.device, threads=args.threads, cuda_graph=args.cuda_graph,
                         train=_train_section(spec, args))
         result = bench_train(cfg, steps=args.train_steps)
-        runs = [result]
+        runs, one_seed = [result], result
         if args.env_workers:   # side by side: the environments in this process, then in workers
             result = {**result, "workers": bench_train(cfg, steps=args.train_steps, workers=args.env_workers)}
             result["workers_vs_in_process_steps"] = result["workers"]["steps_per_s"] / result["steps_per_s"]
@@ -235,10 +235,13 @@ def cmd_bench(args) -> int:
             result["overlap_vs_workers_steps"] = overlap["steps_per_s"] / result["workers"]["steps_per_s"]
             result["stepping"] = bench_stepping(args.env, cfg.seed, args.env_workers, args.train_steps)
             runs += [result["workers"], overlap]
-        if args.seeds:   # side by side: one seed, then a group of them in one process
-            result = {**result, "group": bench_train(cfg, steps=args.train_steps, seeds=args.seeds)}
-            result["group_vs_one_seed_steps"] = result["group"]["seed_steps_per_s"] / result["seed_steps_per_s"]
-            runs.append(result["group"])
+            one_seed = overlap
+        if args.seeds:   # side by side: one seed, then a group in one process, the environments set up alike
+            group = bench_train(cfg, steps=args.train_steps, seeds=args.seeds, workers=one_seed["env_workers"],
+                                overlap=one_seed["overlap"])
+            result = {**result, "group": group, "group_vs_one_seed_steps":
+                      group["seed_steps_per_s"] / one_seed["seed_steps_per_s"]}
+            runs.append(group)
         if args.json:
             print(json.dumps(result, indent=2))
             return 0
@@ -263,7 +266,7 @@ def cmd_bench(args) -> int:
                   f"(workers {st['workers_vs_gym_async']:.2f}x it)")
         if args.seeds:
             print(f"{args.seeds} seeds in one process: {result['group_vs_one_seed_steps']:.2f}x the seed-steps/s "
-                  f"of one ({result['group']['seed_steps_per_s']:.1f} vs {result['seed_steps_per_s']:.1f})")
+                  f"of one ({result['group']['seed_steps_per_s']:.1f} vs {one_seed['seed_steps_per_s']:.1f})")
         return 0
     from .compiler.bench import bench
     spec = _load(args)
@@ -537,7 +540,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", action="store_true", help="measure a short real training run instead")
     p.add_argument("--train-steps", type=int, default=200, help="vector steps for --train (default 200)")
     p.add_argument("--seeds", type=int, metavar="S",
-                   help="with --train: also S seeds trained as one in this process, side by side with one")
+                   help="with --train: also S seeds trained as one in this process, side by side with one "
+                        "(with --env-workers N: both in N workers with overlap, as train runs them)")
     p.add_argument("--env-workers", type=int, metavar="N",
                    help="with --train: also the environments in N worker processes, without and with the update "
                         "overlapping the step, side by side with in-process")

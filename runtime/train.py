@@ -334,11 +334,13 @@ def sample_batch(replay: TaskReplay, trees: TaskSumTrees | None, sampler: TaskSa
 def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int = 0, overlap: bool = False) -> dict:
     """Vector steps/s and where the time goes (the update, acting, the rest: stepping the environments and
     storing), on a short real run of train's loop: `seeds` seeds trained as one (seed_steps_per_s counts each
-    seed's vector steps), the environments in this process or in `workers` worker processes (per seed), the
-    update after the step or during it (`overlap`: then env time is only what the update did not hide)."""
+    seed's vector steps), the environments in this process or in `workers` worker processes (split over the
+    seeds as train splits them), the update after the step or during it (`overlap`: then env time is only what
+    the update did not hide)."""
     spec = check(cfg, resume=True)
     device, _ = start_run(cfg)
-    env = SeedEnvs([make_envs(cfg.env, cfg.seed + i, workers) for i in range(seeds)])
+    per_seed = -(-workers // seeds)
+    env = SeedEnvs([make_envs(cfg.env, cfg.seed + i, per_seed) for i in range(seeds)])
     T = env.num_tasks
     group = SeedGroup(spec, env.obs_dim, env.act_dim, T, [cfg.seed + i for i in range(seeds)], device)
     sac = SAC(group.nets, cfg.train, env.act_dim)
@@ -372,7 +374,8 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int =
     t_all = spent["end"] - start
     t_env = t_all - spent["update"] - spent["act"]
     updates = steps - 1 if overlap else steps
-    return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "env_workers": workers, "overlap": overlap,
+    return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "env_workers": per_seed * seeds,
+            "overlap": overlap,
             "device": str(device), "cuda_graph": isinstance(update, GraphedUpdate),
             "env_steps_per_s": steps * seeds * T / t_env, "updates_per_s": updates / spent["update"],
             "steps_per_s": steps / t_all, "seed_steps_per_s": seeds * steps / t_all, "env_share": t_env / t_all,
