@@ -375,8 +375,7 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int =
     t_env = t_all - spent["update"] - spent["act"]
     updates = steps - 1 if overlap else steps
     return {"spec": cfg.spec, "env": cfg.env, "tasks": T, "seeds": seeds, "env_workers": per_seed * seeds,
-            "overlap": overlap,
-            "device": str(device), "cuda_graph": isinstance(update, GraphedUpdate),
+            "overlap": overlap, "device": str(device), "cuda_graph": isinstance(update, GraphedUpdate),
             "env_steps_per_s": steps * seeds * T / t_env, "updates_per_s": updates / spent["update"],
             "steps_per_s": steps / t_all, "seed_steps_per_s": seeds * steps / t_all, "env_share": t_env / t_all,
             "act_share": spent["act"] / t_all, "update_share": spent["update"] / t_all}
