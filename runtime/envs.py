@@ -119,6 +119,12 @@ def default_workers(tasks: int) -> int:
     return 0 if cores <= 4 else min(tasks, cores // 2)
 
 
+def seed_workers(workers: int, seeds: int) -> int:
+    """Worker processes for each seed of a group that has `workers` in all: rounded up, so that no seed steps in
+    process while the others have workers."""
+    return -(-workers // seeds)
+
+
 def make_envs(env: str, seed: int, workers: int) -> TaskEnv:
     """The tasks' environments: in this process (`workers` 0), or stepped by that many worker processes."""
     if workers == 0:

@@ -34,7 +34,7 @@ from ..ir import info, nodes, reads_metadata
 from ..train_config import TAPER
 from . import checkpoint
 from .config import RunConfig
-from .envs import SeedEnvs, TaskEnv, default_workers, make_envs, task_names
+from .envs import SeedEnvs, TaskEnv, default_workers, make_envs, seed_workers, task_names
 from .evaluate import MetaWorldEvaluation, evaluate
 from .graphed import GraphedUpdate, graph_blocker
 from .logs import RunLog, versions, write_json
@@ -128,7 +128,7 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
         raise RunError(f"{cfg.out} is at step {saved['step']:,} already, not short of --steps {cfg.steps:,}: "
                        f"nothing to do (pass --steps above {saved['step']:,} to extend it)")
     workers = default_workers(len(task_names(cfg.env)) * len(runs)) if cfg.env_workers is None else cfg.env_workers
-    per_seed = -(-workers // len(runs))
+    per_seed = seed_workers(workers, len(runs))
     make_env = make_env or (lambda seed: make_envs(cfg.env, seed, per_seed))
     with ExitStack() as opened:   # what the set-up opens, closed here if it fails; by the loop once it runs
         env = SeedEnvs([opened.enter_context(closing(make_env(r.seed))) for r in runs])
@@ -174,14 +174,14 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                                     {"groups": states[0]["sampler_groups"]})
             env_states = [st["env_state"] for st in states]   # None: saved mid-episode, which restarts it
             env_state = None if any(e is None for e in env_states) else env_states
-            if all("replay" in st for st in states):
+            kept = all("replay" in st for st in states)
+            if kept:
                 replay.load_state_dict(group.stack_replays([st["replay"] for st in states]))
                 if trees is not None:
                     trees.load_state_dict(states[0]["trees"] if isinstance(states[0]["trees"], dict) else
                                           {"tree": states[0]["trees"], "max_leaf": states[0]["max_leaf"]})
             else:
                 refill_until = step + cfg.warmup
-            kept = all("replay" in st for st in states)
             print(f"resuming {cfg.out} at step {step:,} of {cfg.steps:,} from checkpoints/{found[0].path.name}"
                   + (f" ({S} seeds)" if cfg.seeds else "")
                   + ("" if kept else f" (replay not saved: refilling {cfg.warmup:,} steps first)"))
@@ -339,7 +339,7 @@ def bench_train(cfg: RunConfig, steps: int = 200, seeds: int = 1, workers: int =
     the update did not hide)."""
     spec = check(cfg, resume=True)
     device, _ = start_run(cfg)
-    per_seed = -(-workers // seeds)
+    per_seed = seed_workers(workers, seeds)
     env = SeedEnvs([make_envs(cfg.env, cfg.seed + i, per_seed) for i in range(seeds)])
     T = env.num_tasks
     group = SeedGroup(spec, env.obs_dim, env.act_dim, T, [cfg.seed + i for i in range(seeds)], device)
