@@ -1,4 +1,5 @@
-"""`graphnet plot`: mean success curves from runs' metrics.csv; mean ± stderr over runs of one spec."""
+"""`graphnet plot`: mean success curves from runs' metrics.csv; mean ± stderr over runs of one spec. A group's
+directory (`train --seeds`) stands for its seeds' runs."""
 from __future__ import annotations
 
 import csv
@@ -9,6 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import GraphnetError
+
+
+def seed_runs(run_dir: Path) -> list[Path]:
+    """The run directories `run_dir` stands for: itself, or a group's seeds' (seed_<s>, as its config lists)."""
+    config = run_dir / "config.json"
+    if (run_dir / "metrics.csv").exists() or not config.is_file():
+        return [run_dir]
+    seeds = json.loads(config.read_text()).get("seeds") or []
+    return [run_dir / f"seed_{s}" for s in seeds] or [run_dir]
 
 
 def read_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
@@ -25,8 +35,8 @@ def read_curve(run_dir: Path) -> tuple[str, np.ndarray, np.ndarray]:
 
 
 def plot(run_dirs: list[Path], out: Path, labels: list[str] | None = None) -> dict[str, int]:
-    """One curve per spec: the mean over its runs, shaded ± standard error where there are several.
-    `labels` (one per run directory) groups the runs by those labels instead."""
+    """One curve per spec: the mean over its runs (a group's directory: its seeds'), shaded ± standard error where
+    there are several. `labels` (one per run directory) groups the runs by those labels instead."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -34,8 +44,9 @@ def plot(run_dirs: list[Path], out: Path, labels: list[str] | None = None) -> di
         raise GraphnetError(f"plot: {len(labels)} labels for {len(run_dirs)} run directories")
     groups: dict[str, list] = defaultdict(list)
     for i, d in enumerate(run_dirs):
-        label, steps, success = read_curve(d)
-        groups[label if labels is None else labels[i]].append((steps, success))
+        for run in seed_runs(d):
+            label, steps, success = read_curve(run)
+            groups[label if labels is None else labels[i]].append((steps, success))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for label, curves in sorted(groups.items()):
         n = min(len(s) for s, _ in curves)

@@ -3,7 +3,7 @@ seeds trained one by one: with identical batches and random draws (the noise, w-
 fixed by the test), every parameter and every optimizer state of
 each seed after several updates equals its single run's, for plain SAC, PaCo's maskout and w-reset, PCGrad,
 the triplet loss and per-task temperatures. A group run (`train --seeds`) learns, keeps each seed in a run
-directory of its own, and resumes exactly from them."""
+directory of its own (plotted as its seeds), and resumes exactly from them."""
 from __future__ import annotations
 
 import pytest
@@ -18,6 +18,7 @@ from graphnet.runtime.sac import SAC
 from graphnet.cli import main
 from graphnet.errors import RunError
 from graphnet.runtime.config import RunConfig
+from graphnet.runtime.plot import plot
 from graphnet.runtime.seeds import SeedGroup
 from graphnet.runtime.train import read_checkpoints, seed_configs, train
 from graphnet.train_config import TAPER, TrainConfig
@@ -130,7 +131,7 @@ def group_config(out, steps: int, **kw):
     return point_mass_config(out, steps, seeds=[0, 1], **kw)
 
 
-def test_a_group_run_learns_and_keeps_each_seed_in_a_run_directory_of_its_own(tmp_path):
+def test_a_group_run_learns_keeps_each_seed_in_a_run_directory_of_its_own_and_plots_as_its_seeds(tmp_path):
     out = train(group_config(tmp_path / "group", steps=2400), quiet=True, make_env=PointMass)
     assert RunConfig.model_validate_json((out / "config.json").read_text()).seeds == [0, 1]
     for seed in (0, 1):
@@ -143,6 +144,8 @@ def test_a_group_run_learns_and_keeps_each_seed_in_a_run_directory_of_its_own(tm
         alone = build(graphnet.load("mtsac", graphnet.Sizes(obs=2, act=2, tasks=4), H=64, N=2), 2, 2, 4, device="cpu")
         assert {k: v.shape for k, v in saved["nets"].items()} == {k: v.shape for k, v in alone.state_dict().items()}
         assert saved["step"] == 2400 and saved["group"]["seeds"] == [0, 1]
+    # graphnet plot reads the group's directory as its seeds' runs: one curve of two
+    assert list(plot([out], tmp_path / "curves.png").values()) == [2]
 
 
 def test_a_group_resumes_exactly_from_its_seeds_checkpoints_and_a_seed_resumes_alone(tmp_path, capsys):
