@@ -157,14 +157,18 @@ def _run_config(args):
     env = args.env or "MT10"
     seeds = f"s{'_'.join(map(str, args.seeds))}" if getattr(args, "seeds", None) else f"s{args.seed}"
     out = args.out or Path("runs") / f"{Path(spec.path).stem}-{env.replace(':', '-')}-{seeds}"
-    fields = {k: getattr(args, k) for k in ("env", "steps", "seed", "seeds", "env_workers", "eval_every",
-                                            "eval_episodes", "checkpoint_every", "warmup", "device", "threads",
-                                            "save_replay", "cuda_graph", "overlap", "eval_protocol")
-              if getattr(args, k, None) is not None}
+    return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=_train_section(spec, args),
+                     **_run_fields(args, "seed", "seeds", "threads"))
+
+
+def _run_fields(args, *more: str) -> dict[str, Any]:
+    """The RunConfig fields `_run_args`' flags (and `more` of train's) give, those that were given."""
+    names = ("env", "steps", "eval_every", "eval_episodes", "checkpoint_every", "warmup", "device", "save_replay",
+             "cuda_graph", "env_workers", "overlap", "eval_protocol", *more)
+    fields = {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
     if fields.get("eval_protocol") == "metaworld":
         fields.setdefault("eval_episodes", 50)
-    return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=_train_section(spec, args),
-                     **fields)
+    return fields
 
 
 def _train_section(spec: Spec, args):
@@ -384,9 +388,7 @@ def cmd_sweep(args) -> int:
     if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
         raise UsageError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
     grid = _grid(args.vary or [])
-    fields = {k: getattr(args, k) for k in ("env", "steps", "eval_every", "eval_episodes", "checkpoint_every",
-                                            "warmup", "device", "save_replay", "cuda_graph")
-              if getattr(args, k) is not None}
+    fields = _run_fields(args)
     train_updates = {k: getattr(args, k) for k in ("lr", "batch_per_task") if getattr(args, k) is not None}
     points = plan(args.specs, grid, args.seeds, Path(args.output), _overrides(args.set), train_updates,
                   pack_seeds=args.pack_seeds, **fields)
@@ -434,14 +436,6 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--seeds", type=_seed_list, metavar="N|S0,S1,...",
                    help="train several seeds in one process as one agent (N: seeds 0..N-1), each in OUT/seed_<s>")
-    p.add_argument("--env-workers", type=int, metavar="N",
-                   help="processes stepping the environments (0: this one; default: none up to 4 cores, else one "
-                        "per task up to half the cores)")
-    p.add_argument("--eval-protocol", choices=["graphnet", "metaworld"],
-                   help="graphnet's evaluation (default) or Meta-World's own (metaworld.evaluation; then "
-                        "--eval-episodes defaults to its 50)")
-    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
-                   help="update while the environments step, on a replay one step older (default: with env workers)")
     p.add_argument("--out", help="run directory (default runs/<spec>-<env>-s<seed>)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a spec param (repeatable)")
     _run_args(p)
@@ -462,6 +456,14 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-replay", action="store_true", default=None,
                    help="keep the replay in checkpoints (exact resume; large)")
     _cuda_graph_arg(p)
+    p.add_argument("--env-workers", type=int, metavar="N",
+                   help="processes stepping a run's environments (0: the run's own; default: none up to 4 cores, "
+                        "else one per task up to half the cores: the machine's, or in a sweep the run's share)")
+    p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="update while the environments step, on a replay one step older (default: with env workers)")
+    p.add_argument("--eval-protocol", choices=["graphnet", "metaworld"],
+                   help="graphnet's evaluation (default) or Meta-World's own (metaworld.evaluation; then "
+                        "--eval-episodes defaults to its 50)")
 
 
 def _cuda_graph_arg(p: argparse.ArgumentParser) -> None:

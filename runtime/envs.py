@@ -111,12 +111,21 @@ class MultiTaskEnv(InProcess):
         self.vec.close()
 
 
-def default_workers(tasks: int) -> int:
-    """Worker processes for `tasks` environments by default: none on a machine of 4 cores or fewer, where the
-    update takes nearly all the time (96 % on 2 cores) and workers only compete with it for cores; else one
-    per task up to half the cores, the other half left to the update."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+def default_workers(tasks: int, cores: int | None = None, cuda: bool = False) -> int:
+    """Worker processes for `tasks` environments by default, on `cores` (None: this machine's; a sweep's run: its
+    share), one per task at most. An update on the CPU needs the cores: then none on 4 cores or fewer, where the
+    update takes nearly all the time (96 % on 2 cores) and workers only compete with it, else half the cores,
+    the other half left to the update. An update on a GPU (`cuda`) needs one core to drive it and to act: every
+    other core steps environments."""
+    cores = machine_cores() if cores is None else cores
+    if cuda:
+        return min(tasks, cores - 1)
     return 0 if cores <= 4 else min(tasks, cores // 2)
+
+
+def machine_cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def seed_workers(workers: int, seeds: int) -> int:

@@ -42,6 +42,7 @@ from ..errors import GraphnetError, SpecErrors, SweepError
 from ..matching import _safe
 from . import checkpoint
 from .config import RunConfig
+from .envs import machine_cores
 
 # run-config fields a resumed sweep may change; any other difference from the stored config is an error
 MAY_CHANGE = ("steps", "out", "device", "threads")
@@ -309,7 +310,7 @@ def run_one(cfg_json: str, resume: bool, log: str, threads: int, stop_file: str 
             print(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {'resume' if resume else 'start'} {cfg.out} "
                   f"(pid {os.getpid()}, torch threads: {max(1, threads)})", flush=True)
             try:
-                train(cfg, resume=resume, quiet=True)
+                train(cfg, resume=resume, quiet=True, cores=threads)   # its share, not the machine, sets env workers
             except BaseException as e:  # noqa: BLE001 - reported to the sweep, which goes on
                 traceback.print_exc()
                 error = str(e) if isinstance(e, GraphnetError) else f"{type(e).__name__}: {e}"
@@ -342,19 +343,12 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def run_local(todo: list[Job], out: Path, workers: int, on_done: Callable[[Outcome], None],
               stop: threading.Event, on_stop: Callable[[], None] = lambda: None) -> bool:
     """A pool of `workers` spawned processes; returns False when `stop` was set (Ctrl-C, SIGTERM): then runs not
     started are cancelled and running ones write a checkpoint and stop."""
     import multiprocessing
-    threads = max(1, cores() // workers)
+    threads = max(1, machine_cores() // workers)
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_ignore_sigint)
     futures = {pool.submit(run_one, job.cfg.model_dump_json(), job.resume, job.log, threads,
@@ -531,7 +525,7 @@ def sweep(points: list[Point], out: Path, workers: int = 1, ray_address: str | N
                  + (f" and {gpus_per_run:g} GPU" if gpus_per_run else "") + " each")
         else:
             workers = max(1, min(workers, len(work)))
-            threads = max(1, cores() // workers)
+            threads = max(1, machine_cores() // workers)
             echo(f"running {len(todo)} run{'s' * (len(todo) > 1)}{packed}: a local pool of {workers} worker"
                  f"{'s' * (workers > 1)}, {threads} torch thread{'s' * (threads > 1)} each")
 

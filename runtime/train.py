@@ -113,10 +113,11 @@ def read_checkpoints(runs: list[RunConfig]) -> list[checkpoint.Found] | None:
 
 
 def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
-          make_env: Callable[[int], TaskEnv] | None = None) -> Path:
+          make_env: Callable[[int], TaskEnv] | None = None, cores: int | None = None) -> Path:
     """Run (or resume) training: one seed, or a group of seeds (`cfg.seeds`) trained as one agent, each seed in
     a run directory of its own. `make_env(seed)` replaces the Meta-World environments (tests use a small
-    problem of their own with the same interface)."""
+    problem of their own with the same interface). `cores`: the cores the run may use, where it shares the
+    machine (a sweep's run), for its default number of environment workers."""
     check_run_dir(cfg, resume)  # before the environments, which take seconds to build
     runs = seed_configs(cfg)
     found = read_checkpoints(runs) if resume else None
@@ -127,7 +128,11 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
     if saved is not None and saved["step"] >= cfg.steps:
         raise RunError(f"{cfg.out} is at step {saved['step']:,} already, not short of --steps {cfg.steps:,}: "
                        f"nothing to do (pass --steps above {saved['step']:,} to extend it)")
-    workers = default_workers(len(task_names(cfg.env)) * len(runs)) if cfg.env_workers is None else cfg.env_workers
+    if cfg.env_workers is None:
+        cuda = resolve_device(cfg.device).type == "cuda"
+        workers = default_workers(len(task_names(cfg.env)) * len(runs), cores, cuda)
+    else:
+        workers = cfg.env_workers
     per_seed = seed_workers(workers, len(runs))
     make_env = make_env or (lambda seed: make_envs(cfg.env, seed, per_seed))
     with ExitStack() as opened:   # what the set-up opens, closed here if it fails; by the loop once it runs

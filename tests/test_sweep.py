@@ -16,7 +16,9 @@ import torch
 
 from graphnet import _spec
 from graphnet.cli import main
-from graphnet.runtime.sweep import checkpoint_step, plan, results
+from graphnet.runtime import train as train_module
+from graphnet.runtime.config import RunConfig
+from graphnet.runtime.sweep import checkpoint_step, plan, results, run_one
 from graphnet.runtime.train import train
 
 # tiny but real: reach-v3, 30 steps per run, one evaluation episode, a 1 x 16 MLP
@@ -223,7 +225,7 @@ def test_packed_seeds_train_as_one_group_per_variant_and_resume(tmp_path, capsys
     still gets its own run directory, its row in the table, and is skipped once finished."""
     out = tmp_path / "sweep"
     args = ["sweep", "mtsac", "--vary", "H=16,24", "--seeds", "2", *TINY, "--pack-seeds", "--workers", "2",
-            "-o", str(out)]
+            "--env-workers", "2", "--no-overlap", "-o", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "running 4 runs in 2 processes (seeds packed): a local pool of 2 workers" in printed
@@ -236,9 +238,21 @@ def test_packed_seeds_train_as_one_group_per_variant_and_resume(tmp_path, capsys
             run = out / "runs" / group / f"seed_{seed}"
             assert checkpoint_step(run) == 30
             assert torch.load(run / "checkpoints" / "latest.pt", weights_only=False)["group"]["seeds"] == [0, 1]
+            config = RunConfig.model_validate_json((run / "config.json").read_text())
+            assert (config.env_workers, config.overlap) == (2, False)     # the group's 2 workers, 1 a seed
     assert [(r["spec"], r["H"], r["seeds"]) for r in table(out)] == [("mtsac", "16", "2"), ("mtsac", "24", "2")]
     assert main(args) == 0
     assert "(0 to start, 0 to resume, 4 finished: skipped)" in capsys.readouterr().out
+
+
+def test_a_run_of_a_sweep_sizes_its_env_workers_by_its_share_of_the_cores(tmp_path, monkeypatch):
+    """A pool of N on C cores gives each run C // N torch threads, and the same C // N cores set its default
+    env workers (default_workers), not the whole machine's C: a 16-core box with 4 runs is 4 x 8 processes."""
+    seen = {}
+    monkeypatch.setattr(train_module, "train", lambda cfg, resume, quiet, cores: seen.setdefault("cores", cores))
+    [point] = plan(["mtsac"], {}, 1, tmp_path / "sweep", env="MT1:reach-v3", steps=30)
+    assert run_one(point.cfg.model_dump_json(), False, str(tmp_path / "log"), threads=3)["ok"]
+    assert seen == {"cores": 3}
 
 
 def test_packed_seeds_refuse_a_per_seed_task_layout(tmp_path, capsys):

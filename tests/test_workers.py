@@ -15,7 +15,7 @@ import torch
 
 from graphnet.cli import main
 from graphnet.errors import RunError
-from graphnet.runtime.envs import MultiTaskEnv
+from graphnet.runtime.envs import MultiTaskEnv, default_workers, seed_workers
 from graphnet.runtime.train import train
 from graphnet.runtime.workers import WorkerEnvs
 from test_runtime import point_mass_config
@@ -106,6 +106,17 @@ def test_workers_exit_when_the_run_is_killed():
         time.sleep(0.2)
     os.kill(worker, signal.SIGKILL)
     pytest.fail("the worker outlived its run by 20 s")
+
+
+def test_default_workers_leave_the_update_its_cores_one_per_task_at_most_and_split_over_seeds():
+    """An update on the CPU: none up to 4 cores, else half the cores; on a GPU every core but one; no more
+    workers than tasks; a group's workers split over its seeds, rounded up."""
+    cores = (1, 2, 4, 5, 8, 16, 64)
+    assert [default_workers(10, c) for c in cores] == [0, 0, 0, 2, 4, 8, 10]
+    assert [default_workers(10, c, cuda=True) for c in cores] == [0, 1, 3, 4, 7, 10, 10]
+    assert default_workers(1, 16) == 1 and default_workers(100, 16) == 8     # MT1; MT10 x 10 seeds
+    assert default_workers(50, 16, cuda=True) == 15
+    assert [seed_workers(8, seeds) for seeds in (1, 2, 3, 10)] == [8, 4, 3, 1]
 
 
 def test_bench_train_sets_the_sides_side_by_side(capsys):
