@@ -32,19 +32,25 @@ class MetaWorldEvaluation:
     """Meta-World's own protocol (`metaworld.evaluation.evaluation`): its vector env, autoreset, episodes ended
     at success, run until every task has `episodes` of them (the benchmark's 50 by default). Built once and
     reseeded before each evaluation, so results depend on the policy only; in worker processes (gymnasium's
-    async vector env, one per task) when `workers`."""
+    async vector env, one per task) when `workers`, forked as graphnet's own workers are: a spawned one (the
+    default in a sweep's pool process) would start without this process's warning filters and output."""
 
     def __init__(self, env: str, seed: int, workers: bool = False):
         import gymnasium as gym
         self.names, self.seed = task_names(env), seed
-        strategy = "async" if workers else "sync"
+        same_step = gym.vector.AutoresetMode.SAME_STEP
+        fork = {"context": "fork"} if workers else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if env.startswith("MT1:"):   # one environment, vectorized by gymnasium: the protocol's autoreset asked
-                self.vec = gym.make_vec("Meta-World/MT1", env_name=env[4:], seed=seed, vectorization_mode=strategy,
-                                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP})
+                self.vec = gym.make_vec("Meta-World/MT1", env_name=env[4:], seed=seed,
+                                        vectorization_mode="async" if workers else "sync",
+                                        vector_kwargs={"autoreset_mode": same_step, **fork})
+            elif workers:   # the environments Meta-World's vector env builds (make_vec takes no start method)
+                from .workers import env_makers
+                self.vec = AsyncVectorEnv(env_makers(env, seed), autoreset_mode=same_step, context="fork")
             else:
-                self.vec = gym.make_vec(f"Meta-World/{env}", seed=seed, vector_strategy=strategy)
+                self.vec = gym.make_vec(f"Meta-World/{env}", seed=seed, vector_strategy="sync")
 
     def __call__(self, policy: Callable[[np.ndarray], np.ndarray], episodes: int) -> np.ndarray:
         """Success rate per task, in the benchmark's task order."""

@@ -51,6 +51,20 @@ def test_graphnet_evaluation_agrees_with_metaworlds_protocol(task, policy, noise
         assert ours[0] == theirs[0] == 0.0
 
 
+def test_metaworlds_protocol_in_workers_is_the_one_in_process():
+    """In worker processes (a run with env workers) the protocol holds the same environments and, on a fixed
+    policy with the same noise draws, gives the same success rates."""
+    here, there = MetaWorldEvaluation("MT10", 3), MetaWorldEvaluation("MT10", 3, workers=True)
+    assert np.array_equal(here.vec.reset(seed=3)[0], there.vec.reset(seed=3)[0])   # the same tasks and goals
+    here.close(), there.close()
+    rates = []
+    for workers in (False, True):
+        protocol = MetaWorldEvaluation("MT1:pick-place-v3", 7, workers)
+        rates.append(protocol(expert("SawyerPickPlaceV3Policy", 1.0), 6))
+        protocol.close()
+    assert rates[0] == rates[1] and 0 < rates[0][0] < 1, rates
+
+
 def test_a_run_evaluates_with_metaworlds_protocol(tmp_path):
     cfg = point_mass_config(tmp_path / "run", steps=40, env="MT1:reach-v3", warmup=20, eval_every=40,
                             eval_episodes=2, eval_protocol="metaworld", overrides={"H": 16, "N": 1})
