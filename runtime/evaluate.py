@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import cast
 
 import numpy as np
-from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv
+from gymnasium.vector import AsyncVectorEnv, SyncVectorEnv, VectorEnv
 
 from .envs import SeedEnvs, task_names
 
@@ -32,23 +33,24 @@ class MetaWorldEvaluation:
     """Meta-World's own protocol (`metaworld.evaluation.evaluation`): its vector env, autoreset, episodes ended
     at success, run until every task has `episodes` of them (the benchmark's 50 by default). Built once and
     reseeded before each evaluation, so results depend on the policy only; in worker processes (gymnasium's
-    async vector env, one per task) when `workers`, forked as graphnet's own workers are: a spawned one (the
-    default in a sweep's pool process) would start without this process's warning filters and output."""
+    async vector env, one per task) when `workers`, forked and set up as graphnet's own workers are (they ignore
+    Ctrl-C, which the run handles; spawned ones, the default in a sweep's pool process, would also miss this
+    process's warning filters)."""
 
     def __init__(self, env: str, seed: int, workers: bool = False):
         import gymnasium as gym
         self.names, self.seed = task_names(env), seed
-        same_step = gym.vector.AutoresetMode.SAME_STEP
-        fork = {"context": "fork"} if workers else {}
+        same_step = gym.vector.AutoresetMode.SAME_STEP   # the protocol's autoreset
+        self.vec: VectorEnv
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if env.startswith("MT1:"):   # one environment, vectorized by gymnasium: the protocol's autoreset asked
-                self.vec = gym.make_vec("Meta-World/MT1", env_name=env[4:], seed=seed,
-                                        vectorization_mode="async" if workers else "sync",
-                                        vector_kwargs={"autoreset_mode": same_step, **fork})
-            elif workers:   # the environments Meta-World's vector env builds (make_vec takes no start method)
-                from .workers import env_makers
-                self.vec = AsyncVectorEnv(env_makers(env, seed), autoreset_mode=same_step, context="fork")
+            if workers:   # the environments Meta-World's vector env builds, each in its worker
+                from .workers import built_as_worker, env_makers
+                self.vec = AsyncVectorEnv([partial(built_as_worker, make) for make in env_makers(env, seed)],
+                                          autoreset_mode=same_step, context="fork")
+            elif env.startswith("MT1:"):   # one environment, vectorized by gymnasium
+                self.vec = gym.make_vec("Meta-World/MT1", env_name=env[4:], seed=seed, vectorization_mode="sync",
+                                        vector_kwargs={"autoreset_mode": same_step})
             else:
                 self.vec = gym.make_vec(f"Meta-World/{env}", seed=seed, vector_strategy="sync")
 
@@ -69,4 +71,14 @@ class MetaWorldEvaluation:
         return np.array([per_task[n] for n in self.names])
 
     def close(self) -> None:
-        self.vec.close()
+        """Close the environments; a step still pending (an evaluation cut short) gets 5 s, then its workers end,
+        as do all of them where one is gone."""
+        if not isinstance(self.vec, AsyncVectorEnv):
+            self.vec.close()
+            return
+        try:
+            self.vec.close(timeout=5)
+        except (EOFError, OSError):
+            for process in self.vec.processes:
+                process.kill()
+                process.join()

@@ -3,14 +3,14 @@ step or while they step), evaluate, and at episode ends check for NaN streaks an
 
 What differs between the three (how to act, what to learn, what to record after a step) comes in as
 functions; the loop keeps the order of things, the signals (SIGINT/SIGTERM stop at the next step with a
-checkpoint), the checkpoint of a run whose environment worker died, and the closing of every environment,
-log and file, so that none of it is written twice.
+checkpoint, or cut an evaluation short), the checkpoint of a run whose environment worker died, and the
+closing of every environment, log and file, so that none of it is written twice.
 """
 from __future__ import annotations
 
 import signal
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,10 +58,10 @@ class Stepper:
 class Loop:
     """A run from `step` to `steps`. `act(step, obs)` gives the actions; `learn(step)` the update to run in
     that step, or None; `after_step(step, reward, episode_over)` records what a run keeps of a step;
-    `evaluate(step, metrics)` evaluates and logs, returning the success rates, every `eval_every` steps and
-    at the end; `save(step, env_state)` checkpoints, with every environment's state at an episode end or
-    None mid-episode. A loop without `save` (a benchmark) keeps nothing, so a signal stops it as it would any
-    program. `resume` says how to continue the run, for the messages of a stop."""
+    `evaluate(step)` gives the success rates, every `eval_every` steps and at the end, and `record(step,
+    success, metrics)` logs them; `save(step, env_state)` checkpoints, with every environment's state at an
+    episode end or None mid-episode. A loop without `save` (a benchmark) keeps nothing, so a signal stops it
+    as it would any program. `resume` says how to continue the run, for the messages of a stop."""
     env: SeedEnvs
     stepper: Stepper
     sac: SAC
@@ -71,7 +71,8 @@ class Loop:
     run_dir: Path
     save: Callable[[int, list | None], None] | None = None
     checkpoint_every: int = 0
-    evaluate: Callable[[int, Metrics], np.ndarray] | None = None
+    evaluate: Callable[[int], np.ndarray] | None = None
+    record: Callable[[int, np.ndarray, Metrics], None] | None = None
     eval_every: int = 0
     after_step: Callable[[int, np.ndarray, bool], None] | None = None
     resume: str = ""
@@ -84,8 +85,8 @@ class Loop:
         every = self.checkpoint_every or self.steps + 1
         next_checkpoint = (step // every + 1) * every
         metrics: Metrics = {}
-        signals: AbstractContextManager[list[str]] = stop_signals() if self.save else nullcontext([])
-        with signals as stop:
+        cut_short = None    # the step whose evaluation a signal ended
+        with StopSignals(installed=self.save is not None) as stop:
             try:
                 while step < self.steps and not stop:
                     action = self.act(step, obs)
@@ -95,7 +96,15 @@ class Loop:
                     if self.after_step is not None:
                         self.after_step(step, reward, episode_over)
                     if self.evaluate is not None and (step % self.eval_every == 0 or step == self.steps):
-                        bar.set_postfix(success=f"{self.evaluate(step, metrics).mean():.2f}")
+                        try:
+                            with stop.interruptible():   # evaluating can take minutes: a signal ends it at once
+                                success = self.evaluate(step)
+                        except Interrupted:
+                            cut_short = step
+                        else:
+                            if self.record is not None:
+                                self.record(step, success, metrics)
+                            bar.set_postfix(success=f"{success.mean():.2f}")
                     if episode_over:   # the only point whose environment state a checkpoint can restore
                         stop_if_nonfinite(self.sac, self.env.names, step, self.run_dir)
                         env_state = self.env.get_state()
@@ -116,7 +125,8 @@ class Loop:
             finally:
                 close_all(bar, self.env, *closing)
         if stop:
-            print(f"{stop[0]}: checkpoint written at step {step:,}; {self.resume}")
+            unlogged = "" if cut_short is None else f" (the evaluation at step {cut_short:,} was cut short: not logged)"
+            print(f"{stop.names[0]}: checkpoint written at step {step:,}{unlogged}; {self.resume}")
         return step
 
 
@@ -151,17 +161,46 @@ def stop_if_nonfinite(sac: SAC, names: list[str], step: int, run_dir: Path) -> N
                    "(or lower lr where the losses overflow)")
 
 
-@contextmanager
-def stop_signals() -> Iterator[list[str]]:
-    """Collect SIGINT/SIGTERM instead of dying mid-update: the loop stops at the next step and checkpoints."""
-    stop: list[str] = []
-    handlers = {s: signal.signal(s, lambda sig, _: stop.append(signal.Signals(sig).name))
-                for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in handlers.items():
+class Interrupted(BaseException):
+    """A signal inside `StopSignals.interruptible()`; a BaseException, so that no `except Exception` keeps it."""
+
+
+class StopSignals:
+    """SIGINT/SIGTERM collected (once `installed`) instead of dying mid-update: the loop stops at the next step
+    and checkpoints. Inside `interruptible()` a signal, or one already collected, also raises Interrupted there.
+    True once a signal came; `names` are the signals'."""
+
+    def __init__(self, installed: bool):
+        self.installed, self._raise = installed, False
+        self.names: list[str] = []
+        self._previous: dict = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.names)
+
+    def __enter__(self) -> StopSignals:
+        if self.installed:
+            self._previous = {s: signal.signal(s, self._collect) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, h in self._previous.items():
             signal.signal(s, h)
+
+    def _collect(self, sig: int, _frame) -> None:
+        self.names.append(signal.Signals(sig).name)
+        if self._raise:
+            raise Interrupted
+
+    @contextmanager
+    def interruptible(self) -> Iterator[None]:
+        if self.names:
+            raise Interrupted
+        self._raise = True
+        try:
+            yield
+        finally:
+            self._raise = False
 
 
 def store(replay: TaskReplay, trees: TaskSumTrees | None, tasks: Tensor, *transition: np.ndarray) -> None:

@@ -147,11 +147,12 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
         if resume and saved is not None and saved["spec_hash"] != spec.hash:
             raise RunError(f"the spec changed since this run started (hash {saved['spec_hash']}, now {spec.hash})")
         device, _ = start_run(cfg)
-        rngs = [np.random.default_rng(r.seed) for r in runs]
+        seeds = [r.seed for r in runs]
+        rngs = [np.random.default_rng(seed) for seed in seeds]
 
         # --- the run: environments, networks (one seed, or a group as one), SAC, replay, task sampling -------
         T, S = env.num_tasks, len(runs)
-        group = SeedGroup(spec, env.obs_dim, env.act_dim, T, [r.seed for r in runs], device)
+        group = SeedGroup(spec, env.obs_dim, env.act_dim, T, seeds, device)
         nets = group.nets
         sac = SAC(nets, cfg.train, env.act_dim)
         replay = TaskReplay(S * T, cfg.buffer_size, env.obs_dim, env.act_dim, device)   # rows: seed-major tasks
@@ -197,7 +198,7 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                 for r in runs]
         if env_state is not None:
             env.set_state(env_state)
-        obs = env.reset(seed=[r.seed for r in runs] if env_state is None else None)
+        obs = env.reset(seed=seeds if env_state is None else None)
 
         policy = group_policy(nets, S, T, device)
 
@@ -233,17 +234,14 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
                 sampler.regroup(nets.bank_table.detach())
 
-        def evaluate_step(step: int, metrics: dict[str, Tensor]) -> np.ndarray:
-            success = evaluate_all(eval_env, policy, cfg, [r.seed for r in runs])
-            log_evaluation(success, logs, step, metrics)
-            return success
 
         overlap = workers > 0 if cfg.overlap is None else cfg.overlap
         loop = Loop(env, Stepper(env, replay, trees, overlap), sac, steps=cfg.steps, run_dir=cfg.out, act=act,
                     learn=lambda step: learn_step if step + 1 >= max(cfg.warmup, refill_until) else None,
-                    after_step=after_step, evaluate=evaluate_step, eval_every=cfg.eval_every, save=save,
-                    checkpoint_every=cfg.checkpoint_every, resume=f"continue with: graphnet train --resume {cfg.out}",
-                    quiet=quiet)
+                    after_step=after_step, evaluate=lambda step: evaluate_all(eval_env, policy, cfg, seeds),
+                    record=lambda step, success, metrics: log_evaluation(success, logs, step, metrics),
+                    eval_every=cfg.eval_every, save=save, checkpoint_every=cfg.checkpoint_every,
+                    resume=f"continue with: graphnet train --resume {cfg.out}", quiet=quiet)
         opened.pop_all()
     loop.run(obs, step, env_state, closing=(*logs, *(eval_env if isinstance(eval_env, list) else [eval_env])))
     return cfg.out

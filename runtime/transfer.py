@@ -452,13 +452,12 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                 if episode_over and step < cfg.warmup:
                     explored.next_episode(step)
 
-        def evaluate_step(step: int, metrics: dict[str, Tensor]) -> np.ndarray:
-            success = evaluate_all(eval_env, policy, cfg, [cfg.seed])
+        def record(step: int, success: np.ndarray, metrics: dict[str, Tensor]) -> None:
             log_evaluation(success, [log], step, metrics, {"w_norm": float(new_w(nets).detach().norm())})
-            return success
 
         loop = Loop(env, Stepper(env, replay, trees, overlap=False), sac, steps=cfg.steps, run_dir=run_dir, act=act,
-                    learn=learn, after_step=after_step, evaluate=evaluate_step, eval_every=cfg.eval_every, save=save,
+                    learn=learn, after_step=after_step, record=record, eval_every=cfg.eval_every, save=save,
+                    evaluate=lambda step: evaluate_all(eval_env, policy, cfg, [cfg.seed]),
                     checkpoint_every=cfg.checkpoint_every, resume="transfer runs do not resume", quiet=quiet)
         opened.pop_all()
     loop.run(env.reset(seed=[cfg.seed]), closing=(log, explored, eval_env))

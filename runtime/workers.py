@@ -5,8 +5,8 @@ Each worker builds its tasks' environments as Meta-World's own vector env builds
 sampled from the seed in the parent, each task's environment from it), so the workers together hold the
 same environments a MultiTaskEnv holds. A step sends every worker its actions first and then collects,
 so the workers step in parallel; `step_async`/`step_wait` let the run update its networks meanwhile.
-Workers ignore SIGINT (the run checkpoints and stops them), exit when the run's process is gone, and a
-worker that dies or raises is one EnvError naming its tasks.
+Workers ignore SIGINT and SIGTERM (the run checkpoints and stops them), exit when the run's process is
+gone, and a worker that dies or raises is one EnvError naming its tasks.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
@@ -40,11 +41,25 @@ def env_makers(env: str, seed: int) -> list[partial]:
             for i, (name, cls) in enumerate(classes.items())]
 
 
-def _serve(conn: Connection, makers: list[partial], first: int, parent: int) -> None:
-    """A worker: build its environments, then answer the parent's commands until told to close."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def as_worker() -> None:
+    """What a worker process sets first. Ctrl-C reaches the whole process group, and so does SIGTERM from a job
+    scheduler: the run, not its workers, decides what they mean (a checkpoint, then it closes them; a worker
+    whose run is gone exits by itself). Warnings are the run's to show, once."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     import warnings
     warnings.filterwarnings("ignore")
+
+
+def built_as_worker(make: Callable[[], Any]) -> Any:
+    """`make()` in a worker process of gymnasium's async vector env, set up as graphnet's workers are."""
+    as_worker()
+    return make()
+
+
+def _serve(conn: Connection, makers: list[partial], first: int, parent: int) -> None:
+    """A worker: build its environments, then answer the parent's commands until told to close."""
+    as_worker()
     try:
         envs = [make() for make in makers]
         conn.send(("ok", (flatdim(envs[0].observation_space), flatdim(envs[0].action_space))))
@@ -56,7 +71,7 @@ def _serve(conn: Connection, makers: list[partial], first: int, parent: int) -> 
             if command == "close":
                 return
             conn.send(("ok", _run(envs, command, arg, first)))
-    except (EOFError, BrokenPipeError, KeyboardInterrupt):
+    except (EOFError, BrokenPipeError):
         return
     except BaseException:
         try:

@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -146,28 +147,72 @@ def test_resume_of_a_foreign_directory_fails(tmp_path, capsys):
     assert "not a graphnet run directory" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("workers", ["0", "1"])
-def test_sigint_writes_a_checkpoint_and_resume_finishes(tmp_path, workers):
-    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it): the run checkpoints and stops, with its
-    environments in this process or in a worker (which ignores the signal and is stopped by the run)."""
+# an evaluation by Meta-World's protocol that runs for minutes: from step 20 on, 200 episodes of up to 500 steps
+LONG_EVALUATION = ["--eval-protocol", "metaworld", "--eval-every", "20", "--eval-episodes", "200", "--warmup", "20"]
+
+
+@pytest.mark.parametrize("workers, sig, evaluating", [("0", signal.SIGINT, False), ("1", signal.SIGINT, False),
+                                                      ("1", signal.SIGTERM, True)])
+def test_a_signal_to_the_process_group_writes_a_checkpoint_and_resume_finishes(tmp_path, workers, sig, evaluating):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or a job scheduler's SIGTERM to all of
+    the job's processes: the run checkpoints and stops, with its environments in this process or in workers
+    (which ignore the signal and are stopped by the run); during an evaluation (in workers), at once."""
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "graphnet.cli", "train", "mtsac", "--env", "MT1:reach-v3",
                              "--steps", "100000", "--warmup", "50", "--batch-per-task", "32", "--set", "H=32",
                              "--eval-every", "100000", "--threads", "1", "--out", str(out), "--quiet",
-                             "--env-workers", workers], start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--env-workers", workers, *(LONG_EVALUATION if evaluating else [])],
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "config.json").exists() and time.time() < deadline:
         time.sleep(0.5)
     time.sleep(8)
-    os.killpg(proc.pid, signal.SIGINT)
+    os.killpg(proc.pid, sig)
     stdout, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0 and "checkpoint written at step" in stdout
+    assert proc.returncode == 0 and f"{sig.name}: checkpoint written at step" in stdout
+    assert ("the evaluation at step 20 was cut short" in stdout) == evaluating
+    with pytest.raises(ProcessLookupError):   # no worker of the run is left
+        os.killpg(proc.pid, 0)
     saved = torch.load(out / "checkpoints" / "latest.pt", weights_only=False)
     assert 0 < saved["step"] < 100_000
+    if evaluating:   # resumed, it would evaluate for minutes at its end (the other cases resume)
+        return
     done = run_cli("train", "--resume", str(out), "--steps", str(saved["step"] + 20), "--threads", "1", "--quiet")
     assert done.returncode == 0, done.stderr
     assert f"resuming {out} at step {saved['step']:,}" in done.stdout
+
+
+class InterruptedEvaluation(PointMass):
+    """Evaluation environments that get a SIGINT (as from Ctrl-C) as their first evaluation starts."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        self.seed, self.resets, self.steps = seed, 0, 0
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self.resets += 1
+        if self.resets == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().reset(seed)
+
+    def step(self, action: np.ndarray):
+        self.steps += 1
+        return super().step(action)
+
+
+def test_a_signal_cuts_an_evaluation_short_and_the_run_checkpoints_there(tmp_path, capsys):
+    """An evaluation can take minutes (Meta-World's protocol: 50 episodes a task): SIGINT or SIGTERM ends it at
+    once, unlogged, and the run checkpoints at its step as at any other; resumed, it goes on from there."""
+    cfg = point_mass_config(tmp_path / "run", steps=600, eval_every=60, warmup=30)
+    evaluation = InterruptedEvaluation(cfg.seed + 1_000_003)   # train's evaluation environments for the seed
+    train(cfg, quiet=True, make_env=lambda seed: evaluation if seed == evaluation.seed else PointMass(seed))
+    assert "SIGINT: checkpoint written at step 60 (the evaluation at step 60 was cut short: not logged)" in \
+        capsys.readouterr().out
+    assert evaluation.steps == 0    # none of its 5 episodes ran
+    assert (cfg.out / "metrics.csv").read_text().splitlines()[1:] == []
+    assert torch.load(cfg.out / "checkpoints" / "latest.pt", weights_only=False)["step"] == 60
+    train(cfg.model_copy(update={"steps": 120}), resume=True, quiet=True, make_env=PointMass)
+    assert logged_steps(cfg.out) == ([120], [120])
 
 
 class KeptOpen(MultiTaskEnv):
