@@ -457,8 +457,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="keep the replay in checkpoints (exact resume; large)")
     _cuda_graph_arg(p)
     p.add_argument("--env-workers", type=int, metavar="N",
-                   help="processes stepping a run's environments (0: the run's own; default: none up to 4 cores, "
-                        "else one per task up to half the cores: the machine's, or in a sweep the run's share)")
+                   help="processes stepping a run's environments (0: the run's own). Default, one per task at most: "
+                        "on the CPU none up to 4 cores, else half the cores; on CUDA all cores but one (the "
+                        "machine's cores, or in a sweep the run's share)")
     p.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
                    help="update while the environments step, on a replay one step older (default: with env workers)")
     p.add_argument("--eval-protocol", choices=["graphnet", "metaworld"],
