@@ -210,7 +210,8 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                 state = {"step": step, "spec_hash": spec.hash, "nets": group.seed_state(nets_state, i),
                          "optimizers": group.seed_optimizers(opts, sac, i),
                          "rng": {"torch": torch.get_rng_state(), "numpy": rngs[i].bit_generator.state},
-                         "sampler": sampler.state_dict(), "env_state": None if env_state is None else env_state[i]}
+                         "sampler": sampler.state_dict(), "env_state": None if env_state is None else env_state[i],
+                         "overlap": overlap}
                 if cfg.seeds:
                     state["group"] = {"seeds": cfg.seeds}
                 if replay_state is not None:
@@ -235,7 +236,10 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                 sampler.regroup(nets.bank_table.detach())
 
 
-        overlap = workers > 0 if cfg.overlap is None else cfg.overlap
+        if cfg.overlap is not None:
+            overlap = cfg.overlap
+        else:   # with workers; a resumed run keeps the mode it ran in, whatever its workers are now
+            overlap = bool(saved["overlap"]) if saved is not None and "overlap" in saved else workers > 0
         loop = Loop(env, Stepper(env, replay, trees, overlap), sac, steps=cfg.steps, run_dir=cfg.out, act=act,
                     learn=lambda step: learn_step if step + 1 >= max(cfg.warmup, refill_until) else None,
                     after_step=after_step, evaluate=lambda step: evaluate_all(eval_env, policy, cfg, seeds),

@@ -90,17 +90,17 @@ def logged_steps(run_dir: Path) -> tuple[list[int], list[int]]:
     return csv_steps, [e.step for e in events.Scalars("eval/success_mean")]
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_resume_equals_uninterrupted_run(tmp_path, overlap):
+@pytest.mark.parametrize("overlap, workers_then", [(False, 0), (True, 0), (None, 1)])
+def test_resume_equals_uninterrupted_run(tmp_path, overlap, workers_then):
     """Interrupted at 600 and resumed to 900, a run ends in the state the uninterrupted run ends in, every bit of
     it, having stepped 300 more, not 900 again: what a resume that started over would also end in. With the
-    update overlapping the step, too."""
-    straight = train(point_mass_config(tmp_path / "a", steps=900, save_replay=True, overlap=overlap), quiet=True,
-                     make_env=PointMass)
-    first = train(point_mass_config(tmp_path / "b", steps=600, save_replay=True, overlap=overlap), quiet=True,
-                  make_env=PointMass)
+    update overlapping the step, too; and by default (overlap with workers) resumed with workers where it had
+    none, it keeps the mode it ran in."""
+    kw = dict(save_replay=True, overlap=overlap, env_workers=0)
+    straight = train(point_mass_config(tmp_path / "a", steps=900, **kw), quiet=True, make_env=PointMass)
+    first = train(point_mass_config(tmp_path / "b", steps=600, **kw), quiet=True, make_env=PointMass)
     envs: dict[int, StepCounter] = {}
-    cfg = point_mass_config(first, steps=900, save_replay=True, overlap=overlap)
+    cfg = point_mass_config(first, steps=900, **kw | {"env_workers": workers_then})
     resumed = train(cfg, resume=True, quiet=True, make_env=lambda seed: envs.setdefault(seed, StepCounter(seed)))
     assert envs[cfg.seed].steps == 300
     assert logged_steps(straight) == ([900], [900]) and logged_steps(resumed) == ([600, 900], [600, 900])
