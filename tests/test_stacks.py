@@ -95,6 +95,8 @@ agent {{ actor = f(obs)  critic = f(concat(obs, act)) }}
     ("out = linear(s + stack(2) linear(x -> 6) -> OUT)", "add of stacks of 3 and 2 members", "one stack size"),
     ("out = linear(apply(x, linear(x -> 7) -> 2) -> OUT)", "apply(x -> 2) of 5 features needs weights of width "
      "5 x 2 + 2 = 12", "linear(z -> 12)"),
+    ("out = linear(concat(gram_schmidt(stack(5) linear(x -> 4))) -> OUT)", "gram_schmidt of 5 members of width 4: "
+     "more members than dimensions cannot be orthonormal", "each member at least 5 wide, or the stack at most 4"),
 ])
 def test_stack_misuse_is_a_located_error(tmp_path, line, message, hint):
     """At the call (a block's out: at the block, as its other out errors), saying what was expected."""

@@ -93,8 +93,20 @@ def _gram_schmidt_reference(x: Tensor, k: int) -> Tensor:
     return torch.cat(out)
 
 
-register(OpDef("gram_schmidt", "a stack's members made orthonormal per sample (Gram-Schmidt, in member order)",
-               lambda w, a: w[0], gram_schmidt, _gram_schmidt_reference, stacks="read",
+def _gram_schmidt_width(w: list[int], a: dict) -> int:
+    """k members of width W can be orthonormal only where k <= W: past W, a member's residual is rounding noise,
+    which the scaling to unit length blows up (compiled and reference then disagree by 0.05 and more)."""
+    k, width = a["k"], w[0] // a["k"]
+    if k > width:
+        raise OpArgError(f"gram_schmidt of {k} members of width {width}: more members than dimensions cannot be "
+                         "orthonormal", width=True, hint=f"make each member at least {k} wide, or the stack at most "
+                                                         f"{width} member{'s' * (width > 1)}")
+    return w[0]
+
+
+register(OpDef("gram_schmidt",
+               "a stack's members made orthonormal per sample (Gram-Schmidt, in member order; k at most their width)",
+               _gram_schmidt_width, gram_schmidt, _gram_schmidt_reference, stacks="read",
                stack_out=lambda w, a: a["k"], examples=("gram_schmidt(stack(3) linear(x -> W))",
                                                      "gram_schmidt(stack(2) linear(z -> 5))")))
 
