@@ -235,7 +235,6 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             if sampler.every and step % sampler.every == 0 and nets.bank_table is not None:
                 sampler.regroup(nets.bank_table.detach())
 
-
         if cfg.overlap is not None:
             overlap = cfg.overlap
         else:   # with workers; a resumed run keeps the mode it ran in, whatever its workers are now
