@@ -9,6 +9,7 @@ closing of every environment, log and file, so that none of it is written twice.
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -59,9 +60,11 @@ class Loop:
     """A run from `step` to `steps`. `act(step, obs)` gives the actions; `learn(step)` the update to run in
     that step, or None; `after_step(step, reward, episode_over)` records what a run keeps of a step;
     `evaluate(step)` gives the success rates, every `eval_every` steps and at the end, and `record(step,
-    success, metrics)` logs them; `save(step, env_state)` checkpoints, with every environment's state at an
-    episode end or None mid-episode. A loop without `save` (a benchmark) keeps nothing, so a signal stops it
-    as it would any program. `resume` says how to continue the run, for the messages of a stop."""
+    success, metrics, pace)` logs them with the run's pace (`steps_per_s`: vector steps/s of training since the
+    previous evaluation, evaluations apart; `evaluation_s`: this evaluation's seconds); `save(step, env_state)`
+    checkpoints, with every environment's state at an episode end or None mid-episode. A loop without `save` (a
+    benchmark) keeps nothing, so a signal stops it as it would any program, and prints nothing. `resume` says how
+    to continue the run, for the messages of a stop."""
     env: SeedEnvs
     stepper: Stepper
     sac: SAC
@@ -72,7 +75,7 @@ class Loop:
     save: Callable[[int, list | None], None] | None = None
     checkpoint_every: int = 0
     evaluate: Callable[[int], np.ndarray] | None = None
-    record: Callable[[int, np.ndarray, Metrics], None] | None = None
+    record: Callable[[int, np.ndarray, Metrics, dict[str, float]], None] | None = None
     eval_every: int = 0
     after_step: Callable[[int, np.ndarray, bool], None] | None = None
     resume: str = ""
@@ -86,6 +89,8 @@ class Loop:
         next_checkpoint = (step // every + 1) * every
         metrics: Metrics = {}
         cut_short = None    # the step whose evaluation a signal ended
+        first, started = step, time.perf_counter()
+        paced_from, evaluating = (step, started), 0.0   # training's pace is measured from the last evaluation's end
         with StopSignals(installed=self.save is not None) as stop:
             try:
                 while step < self.steps and not stop:
@@ -96,15 +101,21 @@ class Loop:
                     if self.after_step is not None:
                         self.after_step(step, reward, episode_over)
                     if self.evaluate is not None and (step % self.eval_every == 0 or step == self.steps):
+                        begun = time.perf_counter()
                         try:
                             with stop.interruptible():   # evaluating can take minutes: a signal ends it at once
                                 success = self.evaluate(step)
                         except Interrupted:
                             cut_short = step
                         else:
+                            ended = time.perf_counter()
                             if self.record is not None:
-                                self.record(step, success, metrics)
+                                self.record(step, success, metrics, {
+                                    "steps_per_s": (step - paced_from[0]) / (begun - paced_from[1]),
+                                    "evaluation_s": ended - begun})
                             bar.set_postfix(success=f"{success.mean():.2f}")
+                            paced_from = (step, ended)
+                        evaluating += time.perf_counter() - begun
                     if episode_over:   # the only point whose environment state a checkpoint can restore
                         stop_if_nonfinite(self.sac, self.env.names, step, self.run_dir)
                         env_state = self.env.get_state()
@@ -124,10 +135,19 @@ class Loop:
                                "a fresh episode there)") from None
             finally:
                 close_all(bar, self.env, *closing)
+        if self.save is not None:
+            print(pace_line(step - first, time.perf_counter() - started, evaluating))
         if stop:
             unlogged = "" if cut_short is None else f" (the evaluation at step {cut_short:,} was cut short: not logged)"
             print(f"{stop.names[0]}: checkpoint written at step {step:,}{unlogged}; {self.resume}")
         return step
+
+
+def pace_line(steps: int, seconds: float, evaluating: float) -> str:
+    """How fast the run trained: its vector steps over the time outside evaluations (checkpoints included)."""
+    training = seconds - evaluating
+    rate = f"{steps / training:,.1f} vector steps/s" if steps and training > 0 else "no steps"
+    return f"{steps:,} steps in {seconds:,.0f} s: {rate} ({evaluating:,.0f} s of it in evaluations)"
 
 
 def close_all(*things) -> None:

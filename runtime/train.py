@@ -242,7 +242,7 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
         loop = Loop(env, Stepper(env, replay, trees, overlap), sac, steps=cfg.steps, run_dir=cfg.out, act=act,
                     learn=lambda step: learn_step if step + 1 >= max(cfg.warmup, refill_until) else None,
                     after_step=after_step, evaluate=lambda step: evaluate_all(eval_env, policy, cfg, seeds),
-                    record=lambda step, success, metrics: log_evaluation(success, logs, step, metrics),
+                    record=lambda step, success, metrics, pace: log_evaluation(success, logs, step, metrics, pace),
                     eval_every=cfg.eval_every, save=save, checkpoint_every=cfg.checkpoint_every,
                     resume=f"continue with: graphnet train --resume {cfg.out}", quiet=quiet)
         opened.pop_all()

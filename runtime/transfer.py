@@ -452,8 +452,8 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                 if episode_over and step < cfg.warmup:
                     explored.next_episode(step)
 
-        def record(step: int, success: np.ndarray, metrics: dict[str, Tensor]) -> None:
-            log_evaluation(success, [log], step, metrics, {"w_norm": float(new_w(nets).detach().norm())})
+        def record(step: int, success: np.ndarray, metrics: dict[str, Tensor], pace: dict[str, float]) -> None:
+            log_evaluation(success, [log], step, metrics, pace | {"w_norm": float(new_w(nets).detach().norm())})
 
         loop = Loop(env, Stepper(env, replay, trees, overlap=False), sac, steps=cfg.steps, run_dir=run_dir, act=act,
                     learn=learn, after_step=after_step, record=record, eval_every=cfg.eval_every, save=save,

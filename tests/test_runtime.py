@@ -4,6 +4,7 @@ spec trains end to end on real Meta-World MT10 for a few steps."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -110,6 +111,35 @@ def test_resume_equals_uninterrupted_run(tmp_path, overlap, workers_then):
     updates = 900 - cfg.warmup + 1   # one a step, from the last warmup step on
     assert {int(s["step"]) for opt in a["optimizers"].values() for s in opt["state"].values()} == {updates}
     assert_equal_states(a, b)
+
+
+class SlowPointMass(PointMass):
+    """PointMass taking 5 ms a step: evaluations as long as the training between them."""
+
+    def step(self, action: np.ndarray):
+        time.sleep(0.005)
+        return super().step(action)
+
+
+def test_a_run_logs_its_pace_evaluations_apart(tmp_path, capsys):
+    """Each evaluation logs the vector steps/s of training since the last one and its own seconds; the closing line
+    gives the run's rate over the time outside evaluations, which take 0.75 s and more each here (5 episodes of
+    30 steps at 5 ms): counted in, they would halve it."""
+    cfg = point_mass_config(tmp_path / "run", steps=600, eval_every=300)
+    train(cfg, quiet=True, make_env=lambda seed: SlowPointMass(seed) if seed >= 1_000_003 else PointMass(seed))
+    events = EventAccumulator(str(cfg.out / "tb"))
+    events.Reload()
+    rate = {e.step: e.value for e in events.Scalars("train/steps_per_s")}
+    evaluating = {e.step: e.value for e in events.Scalars("train/evaluation_s")}
+    assert rate.keys() == evaluating.keys() == {300, 600}
+    assert all(s >= 5 * 30 * 0.005 for s in evaluating.values())
+    line = capsys.readouterr().out.splitlines()[-1]
+    steps, seconds, printed, in_evaluations = re.fullmatch(
+        r"([\d,]+) steps in ([\d,]+) s: ([\d,.]+) vector steps/s \(([\d,]+) s of it in evaluations\)", line).groups()
+    assert int(steps.replace(",", "")) == 600
+    training = 300 / rate[300] + 300 / rate[600]
+    assert float(printed.replace(",", "")) == pytest.approx(600 / training, rel=0.2)
+    assert abs(int(in_evaluations.replace(",", "")) - sum(evaluating.values())) <= 1
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
