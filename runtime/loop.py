@@ -42,23 +42,26 @@ class Stepper:
         self.rows = torch.arange(replay.num_tasks, device=replay.device)
 
     def __call__(self, obs: np.ndarray, action: np.ndarray, learn: Callable[[], Metrics] | None
-                 ) -> tuple[np.ndarray, np.ndarray, bool, Metrics | None]:
-        """-> next obs, reward, whether the episode is over, and the update's metrics (None: no update)."""
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool, Metrics | None]:
+        """-> next obs, reward, success, whether the episode is over, and the update's metrics (None: no
+        update)."""
         metrics = None
         self.env.step_async(action)
         if learn is not None and self.overlap and self.replay.size:
             metrics = learn()
-        next_obs, reward, terminated, over, _ = self.env.step_wait()
+        next_obs, reward, terminated, over, success = self.env.step_wait()
         store(self.replay, self.trees, self.rows, obs, action, reward, next_obs, terminated)
         if learn is not None and not self.overlap:
             metrics = learn()
-        return next_obs, reward, over, metrics
+        return next_obs, reward, success, over, metrics
 
 
 @dataclass
 class Loop:
     """A run from `step` to `steps`. `act(step, obs)` gives the actions; `learn(step)` the update to run in
     that step, or None; `after_step(step, reward, episode_over)` records what a run keeps of a step;
+    `record_episode(step, returns, solved)` logs each training episode as it ends (every row's return, and
+    whether it succeeded at any step);
     `evaluate(step)` gives the success rates, every `eval_every` steps and at the end, and `record(step,
     success, metrics, pace)` logs them with the run's pace (`steps_per_s`: vector steps/s of training since the
     previous evaluation, evaluations apart; `evaluation_s`: this evaluation's seconds); `save(step, env_state)`
@@ -78,6 +81,7 @@ class Loop:
     record: Callable[[int, np.ndarray, Metrics, dict[str, float]], None] | None = None
     eval_every: int = 0
     after_step: Callable[[int, np.ndarray, bool], None] | None = None
+    record_episode: Callable[[int, np.ndarray, np.ndarray], None] | None = None
     resume: str = ""
     quiet: bool = False
 
@@ -91,13 +95,16 @@ class Loop:
         cut_short = None    # the step whose evaluation a signal ended
         first, started = step, time.perf_counter()
         paced_from, evaluating = (step, started), 0.0   # training's pace is measured from the last evaluation's end
+        returns, solved = np.zeros(len(obs)), np.zeros(len(obs), bool)   # runs start and resume with an episode
         with StopSignals(installed=self.save is not None) as stop:
             try:
                 while step < self.steps and not stop:
                     action = self.act(step, obs)
-                    obs, reward, episode_over, learned = self.stepper(obs, action, self.learn(step))
+                    obs, reward, success, episode_over, learned = self.stepper(obs, action, self.learn(step))
                     metrics = learned if learned is not None else metrics
                     step += 1
+                    returns += reward
+                    solved |= success
                     if self.after_step is not None:
                         self.after_step(step, reward, episode_over)
                     if self.evaluate is not None and (step % self.eval_every == 0 or step == self.steps):
@@ -117,6 +124,9 @@ class Loop:
                             paced_from = (step, ended)
                         evaluating += time.perf_counter() - begun
                     if episode_over:   # the only point whose environment state a checkpoint can restore
+                        if self.record_episode is not None:
+                            self.record_episode(step, returns, solved)
+                        returns, solved = np.zeros_like(returns), np.zeros_like(solved)
                         stop_if_nonfinite(self.sac, self.env.names, step, self.run_dir)
                         env_state = self.env.get_state()
                         if self.save is not None and step >= next_checkpoint:

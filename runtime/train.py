@@ -243,6 +243,7 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
                     learn=lambda step: learn_step if step + 1 >= max(cfg.warmup, refill_until) else None,
                     after_step=after_step, evaluate=lambda step: evaluate_all(eval_env, policy, cfg, seeds),
                     record=lambda step, success, metrics, pace: log_evaluation(success, logs, step, metrics, pace),
+                    record_episode=lambda step, returns, solved: log_episode(logs, step, returns, solved),
                     eval_every=cfg.eval_every, save=save, checkpoint_every=cfg.checkpoint_every,
                     resume=f"continue with: graphnet train --resume {cfg.out}", quiet=quiet)
         opened.pop_all()
@@ -297,6 +298,15 @@ def log_evaluation(success: np.ndarray, logs: list[RunLog], step: int, metrics: 
     for i, log in enumerate(logs):
         log.evaluation(step, success[i * T:(i + 1) * T])
         log.scalars(step, {k: float(v[i].float().mean()) for k, v in metrics.items()} | (extra or {}))
+
+
+def log_episode(logs: list[RunLog], step: int, returns: np.ndarray, solved: np.ndarray) -> None:
+    """Log each seed's training episode that ended at `step`: its mean return and success over the tasks."""
+    T = len(returns) // len(logs)
+    for i, log in enumerate(logs):
+        rows = slice(i * T, (i + 1) * T)
+        log.scalars(step, {"episode_return": float(returns[rows].mean()),
+                           "episode_success": float(solved[rows].mean())})
 
 
 def write_run_files(cfg: RunConfig, spec: graphnet.Spec) -> None:

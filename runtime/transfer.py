@@ -70,7 +70,7 @@ from .prioritized import TaskSumTrees
 from .replay import TaskReplay
 from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
-from .train import (evaluate_all, load_run_config, log_evaluation, one_thread, sample_batch, start_run,
+from .train import (evaluate_all, load_run_config, log_episode, log_evaluation, one_thread, sample_batch, start_run,
                     write_run_files)
 
 EXPLORE_STEPS = 20_000      # TaCo, Table VII: transfer-stage exploration steps n_e
@@ -457,6 +457,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
 
         loop = Loop(env, Stepper(env, replay, trees, overlap=False), sac, steps=cfg.steps, run_dir=run_dir, act=act,
                     learn=learn, after_step=after_step, record=record, eval_every=cfg.eval_every, save=save,
+                    record_episode=lambda step, returns, solved: log_episode([log], step, returns, solved),
                     evaluate=lambda step: evaluate_all(eval_env, policy, cfg, [cfg.seed]),
                     checkpoint_every=cfg.checkpoint_every, resume="transfer runs do not resume", quiet=quiet)
         opened.pop_all()

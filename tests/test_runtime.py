@@ -142,6 +142,43 @@ def test_a_run_logs_its_pace_evaluations_apart(tmp_path, capsys):
     assert abs(int(in_evaluations.replace(",", "")) - sum(evaluating.values())) <= 1
 
 
+class EpisodeRecorder(PointMass):
+    """PointMass keeping each of its episodes' mean return and success over its tasks, as it stepped them."""
+
+    def __init__(self, seed: int):
+        super().__init__(seed)
+        self.episodes: list[tuple[float, float]] = []
+
+    def reset(self, seed: int | None = None) -> np.ndarray:
+        self.returns, self.solved = np.zeros(self.num_tasks), np.zeros(self.num_tasks, bool)
+        return super().reset(seed)
+
+    def step(self, action: np.ndarray):
+        obs, reward, terminated, over, success = super().step(action)
+        self.returns += reward
+        self.solved |= success
+        if over:
+            self.episodes.append((self.returns.mean(), self.solved.mean()))
+        return obs, reward, terminated, over, success
+
+
+def test_a_group_logs_each_seeds_training_episodes(tmp_path):
+    """Every training episode of every seed of a group lands in that seed's TensorBoard log as it ends: its mean
+    return and success over the tasks, as its environments gave them (20 episodes of 30 steps; the evaluation
+    environments' episodes are not among them)."""
+    envs: dict[int, EpisodeRecorder] = {}
+    cfg = point_mass_config(tmp_path / "group", steps=600, seeds=[0, 1])
+    train(cfg, quiet=True, make_env=lambda seed: envs.setdefault(seed, EpisodeRecorder(seed)))
+    for seed in (0, 1):
+        events = EventAccumulator(str(cfg.out / f"seed_{seed}" / "tb"))
+        events.Reload()
+        returns, success = events.Scalars("train/episode_return"), events.Scalars("train/episode_success")
+        assert [e.step for e in returns] == [e.step for e in success] == list(range(30, 601, 30))
+        assert [e.value for e in returns] == pytest.approx([r for r, _ in envs[seed].episodes], rel=1e-5)
+        assert [e.value for e in success] == [s for _, s in envs[seed].episodes]
+    assert envs[0].episodes != envs[1].episodes and any(s > 0 for _, s in envs[0].episodes)
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "graphnet.cli", *args], capture_output=True, text=True,
                           cwd=cwd, timeout=300)
