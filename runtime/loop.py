@@ -100,11 +100,11 @@ class Loop:
             try:
                 while step < self.steps and not stop:
                     action = self.act(step, obs)
-                    obs, reward, success, episode_over, learned = self.stepper(obs, action, self.learn(step))
+                    obs, reward, reached, episode_over, learned = self.stepper(obs, action, self.learn(step))
                     metrics = learned if learned is not None else metrics
                     step += 1
                     returns += reward
-                    solved |= success
+                    solved |= reached
                     if self.after_step is not None:
                         self.after_step(step, reward, episode_over)
                     if self.evaluate is not None and (step % self.eval_every == 0 or step == self.steps):
