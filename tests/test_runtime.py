@@ -83,12 +83,17 @@ def assert_equal_states(a, b, where: str = "checkpoint") -> None:
         assert a == b, where
 
 
-def logged_steps(run_dir: Path) -> tuple[list[int], list[int]]:
-    """The steps of the evaluations in metrics.csv, and in TensorBoard as TensorBoard reads them (purges applied)."""
-    csv_steps = [int(row.split(",")[0]) for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+def logged(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """A run's TensorBoard scalar `tag`, (step, value) in order, as TensorBoard reads it (purges applied)."""
     events = EventAccumulator(str(run_dir / "tb"))
     events.Reload()
-    return csv_steps, [e.step for e in events.Scalars("eval/success_mean")]
+    return [(e.step, e.value) for e in events.Scalars(tag)]
+
+
+def logged_steps(run_dir: Path) -> tuple[list[int], list[int]]:
+    """The steps of the evaluations in metrics.csv, and in TensorBoard."""
+    csv_steps = [int(row.split(",")[0]) for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
+    return csv_steps, [step for step, _ in logged(run_dir, "eval/success_mean")]
 
 
 @pytest.mark.parametrize("overlap, workers_then", [(False, 0), (True, 0), (None, 1)])
@@ -127,15 +132,12 @@ def test_a_run_logs_its_pace_evaluations_apart(tmp_path, capsys):
     30 steps at 5 ms): counted in, they would halve it."""
     cfg = point_mass_config(tmp_path / "run", steps=600, eval_every=300)
     train(cfg, quiet=True, make_env=lambda seed: SlowPointMass(seed) if seed >= 1_000_003 else PointMass(seed))
-    events = EventAccumulator(str(cfg.out / "tb"))
-    events.Reload()
-    rate = {e.step: e.value for e in events.Scalars("train/steps_per_s")}
-    evaluating = {e.step: e.value for e in events.Scalars("train/evaluation_s")}
+    rate, evaluating = dict(logged(cfg.out, "train/steps_per_s")), dict(logged(cfg.out, "train/evaluation_s"))
     assert rate.keys() == evaluating.keys() == {300, 600}
     assert all(s >= 5 * 30 * 0.005 for s in evaluating.values())
     line = capsys.readouterr().out.splitlines()[-1]
-    steps, seconds, printed, in_evaluations = re.fullmatch(
-        r"([\d,]+) steps in ([\d,]+) s: ([\d,.]+) vector steps/s \(([\d,]+) s of it in evaluations\)", line).groups()
+    steps, printed, in_evaluations = re.fullmatch(
+        r"([\d,]+) steps in [\d,]+ s: ([\d,.]+) vector steps/s \(([\d,]+) s of it in evaluations\)", line).groups()
     assert int(steps.replace(",", "")) == 600
     training = 300 / rate[300] + 300 / rate[600]
     assert float(printed.replace(",", "")) == pytest.approx(600 / training, rel=0.2)
@@ -170,12 +172,11 @@ def test_a_group_logs_each_seeds_training_episodes(tmp_path):
     cfg = point_mass_config(tmp_path / "group", steps=600, seeds=[0, 1])
     train(cfg, quiet=True, make_env=lambda seed: envs.setdefault(seed, EpisodeRecorder(seed)))
     for seed in (0, 1):
-        events = EventAccumulator(str(cfg.out / f"seed_{seed}" / "tb"))
-        events.Reload()
-        returns, success = events.Scalars("train/episode_return"), events.Scalars("train/episode_success")
-        assert [e.step for e in returns] == [e.step for e in success] == list(range(30, 601, 30))
-        assert [e.value for e in returns] == pytest.approx([r for r, _ in envs[seed].episodes], rel=1e-5)
-        assert [e.value for e in success] == [s for _, s in envs[seed].episodes]
+        returns = logged(cfg.out / f"seed_{seed}", "train/episode_return")
+        success = logged(cfg.out / f"seed_{seed}", "train/episode_success")
+        assert [s for s, _ in returns] == [s for s, _ in success] == list(range(30, 601, 30))
+        assert [v for _, v in returns] == pytest.approx([r for r, _ in envs[seed].episodes], rel=1e-5)
+        assert [v for _, v in success] == [s for _, s in envs[seed].episodes]
     assert envs[0].episodes != envs[1].episodes and any(s > 0 for _, s in envs[0].episodes)
 
 
@@ -388,7 +389,5 @@ def test_nan_rewards_never_reach_the_weights_and_a_run_where_they_persist_stops(
     saved = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
     assert saved["step"] == 180
     assert all(torch.isfinite(t).all() for t in saved["nets"].values())
-    events = EventAccumulator(str(tmp_path / "run" / "tb"))
-    events.Reload()
-    left_out = {e.step: e.value for e in events.Scalars("train/nonfinite_tasks")}
+    left_out = dict(logged(tmp_path / "run", "train/nonfinite_tasks"))
     assert left_out[120] == 0 and left_out[180] == left_out[210] == 1
