@@ -57,5 +57,16 @@ class RunLog:
         self.tb.close()
 
 
+def read_scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """A run's TensorBoard scalar `tag` as TensorBoard reads it (purges applied): (step, value) in step order;
+    empty where the run logged none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    if not (run_dir / "tb").is_dir():
+        return []
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    return [(e.step, e.value) for e in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
 def write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, default=str) + "\n")

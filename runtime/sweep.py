@@ -11,8 +11,8 @@ with `--pack-seeds` one per variant, whose seeds train as one group (`graphnet t
 in DIR/runs/<variant>__seeds/seed_<s>/.
 A failing run is reported with its error, run directory and log (DIR/logs/<run>.log) and does not
 stop the others. DIR/results.csv and DIR/results.md have one row per variant: the seeds finished, the
-final and the best mean success (mean ± standard error over seeds); DIR/curves.png draws one curve
-per variant.
+final and the best mean success, and the pace each run trained at (the median of its logged vector steps/s,
+evaluations apart), each as mean ± standard error over seeds; DIR/curves.png draws one curve per variant.
 """
 from __future__ import annotations
 
@@ -43,6 +43,7 @@ from ..matching import _safe
 from . import checkpoint
 from .config import RunConfig
 from .envs import machine_cores
+from .logs import read_scalars
 
 # run-config fields a resumed sweep may change; any other difference from the stored config is an error
 MAY_CHANGE = ("steps", "out", "device", "threads")
@@ -102,6 +103,7 @@ class Row:
     planned: int                  # seeds in the grid
     final: list[float] = field(default_factory=list)
     best: list[float] = field(default_factory=list)
+    pace: list[float] = field(default_factory=list)   # each finished run's median train/steps_per_s
 
 
 # --- the grid and its checks ---------------------------------------------------------------------
@@ -434,7 +436,8 @@ def run_ray(ray, todo: list[Job], out: Path, cpus: float, gpus: float, on_done: 
 # --- results ---------------------------------------------------------------------------------------
 
 def results(points: list[Point], out: Path) -> list[Row]:
-    """Read every finished run's metrics.csv; write DIR/results.csv, DIR/results.md and DIR/curves.png."""
+    """Read every finished run's metrics.csv and logged pace; write DIR/results.csv, DIR/results.md and
+    DIR/curves.png."""
     from .plot import plot, read_curve
     out = Path(out)
     rows: dict[str, Row] = {}
@@ -451,6 +454,8 @@ def results(points: list[Point], out: Path) -> list[Row]:
         row.seeds += 1
         row.final.append(float(success[-1]))
         row.best.append(float(success.max()))
+        if paces := [v for _, v in read_scalars(p.cfg.out, "train/steps_per_s")]:
+            row.pace.append(float(np.median(paces)))
         curves.append((p.cfg.out, p.label))
     table = list(rows.values())
     write_tables(table, out)
@@ -468,28 +473,31 @@ def mean_stderr(values: list[float]) -> tuple[float | None, float | None]:
     return float(a.mean()), (float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None)
 
 
-def _fmt(values: list[float]) -> str:
+def _fmt(values: list[float], digits: int = 3) -> str:
     mean, err = mean_stderr(values)
     if mean is None:
         return "–"
-    return f"{mean:.3f}" + (f" ± {err:.3f}" if err is not None else "")
+    return f"{mean:.{digits}f}" + (f" ± {err:.{digits}f}" if err is not None else "")
 
 
 def write_tables(rows: list[Row], out: Path) -> None:
     names = list(dict.fromkeys(k for r in rows for k in r.values))
     with (out / "results.csv").open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["spec", *names, "seeds", "final_mean", "final_stderr", "best_mean", "best_stderr", "variant"])
+        w.writerow(["spec", *names, "seeds", "final_mean", "final_stderr", "best_mean", "best_stderr",
+                    "steps_per_s_mean", "steps_per_s_stderr", "variant"])
         for r in rows:
             stats = [*mean_stderr(r.final), *mean_stderr(r.best)]
+            pace = mean_stderr(r.pace)
             w.writerow([r.spec, *(spec_value(r.values[k]) if k in r.values else "" for k in names), r.seeds,
-                        *("" if s is None else f"{s:.4f}" for s in stats), r.variant])
-    lines = ["| spec | " + "".join(f"{k} | " for k in names) + "seeds | final success | best success |",
-             "|---|" + "---|" * len(names) + "---|---|---|"]
+                        *("" if s is None else f"{s:.4f}" for s in stats),
+                        *("" if s is None else f"{s:.1f}" for s in pace), r.variant])
+    lines = ["| spec | " + "".join(f"{k} | " for k in names) + "seeds | final success | best success | steps/s |",
+             "|---|" + "---|" * len(names) + "---|---|---|---|"]
     for r in rows:
         seeds = f"{r.seeds}" if r.seeds == r.planned else f"{r.seeds} of {r.planned}"
         lines.append(f"| {r.spec} | " + "".join(f"{spec_value(r.values[k]) if k in r.values else ''} | " for k in names)
-                     + f"{seeds} | {_fmt(r.final)} | {_fmt(r.best)} |")
+                     + f"{seeds} | {_fmt(r.final)} | {_fmt(r.best)} | {_fmt(r.pace, 1)} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
 
 

@@ -15,7 +15,6 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import graphnet
 from graphnet.cli import main
@@ -24,6 +23,7 @@ from graphnet.runtime import envs as envs_module
 from graphnet.runtime import loop as loop_module
 from graphnet.runtime import train as train_module
 from graphnet.runtime.envs import MultiTaskEnv
+from graphnet.runtime.logs import read_scalars
 from graphnet.runtime.sac import SAC
 from graphnet.runtime.train import bench_train, train
 from graphnet.train_config import TrainConfig
@@ -83,17 +83,10 @@ def assert_equal_states(a, b, where: str = "checkpoint") -> None:
         assert a == b, where
 
 
-def logged(run_dir: Path, tag: str) -> list[tuple[int, float]]:
-    """A run's TensorBoard scalar `tag`, (step, value) in order, as TensorBoard reads it (purges applied)."""
-    events = EventAccumulator(str(run_dir / "tb"))
-    events.Reload()
-    return [(e.step, e.value) for e in events.Scalars(tag)]
-
-
 def logged_steps(run_dir: Path) -> tuple[list[int], list[int]]:
     """The steps of the evaluations in metrics.csv, and in TensorBoard."""
     csv_steps = [int(row.split(",")[0]) for row in (run_dir / "metrics.csv").read_text().splitlines()[1:]]
-    return csv_steps, [step for step, _ in logged(run_dir, "eval/success_mean")]
+    return csv_steps, [step for step, _ in read_scalars(run_dir, "eval/success_mean")]
 
 
 @pytest.mark.parametrize("overlap, workers_then", [(False, 0), (True, 0), (None, 1)])
@@ -132,7 +125,8 @@ def test_a_run_logs_its_pace_evaluations_apart(tmp_path, capsys):
     30 steps at 5 ms): counted in, they would halve it."""
     cfg = point_mass_config(tmp_path / "run", steps=600, eval_every=300)
     train(cfg, quiet=True, make_env=lambda seed: SlowPointMass(seed) if seed >= 1_000_003 else PointMass(seed))
-    rate, evaluating = dict(logged(cfg.out, "train/steps_per_s")), dict(logged(cfg.out, "train/evaluation_s"))
+    rate = dict(read_scalars(cfg.out, "train/steps_per_s"))
+    evaluating = dict(read_scalars(cfg.out, "train/evaluation_s"))
     assert rate.keys() == evaluating.keys() == {300, 600}
     assert all(s >= 5 * 30 * 0.005 for s in evaluating.values())
     line = capsys.readouterr().out.splitlines()[-1]
@@ -172,8 +166,8 @@ def test_a_group_logs_each_seeds_training_episodes(tmp_path):
     cfg = point_mass_config(tmp_path / "group", steps=600, seeds=[0, 1])
     train(cfg, quiet=True, make_env=lambda seed: envs.setdefault(seed, EpisodeRecorder(seed)))
     for seed in (0, 1):
-        returns = logged(cfg.out / f"seed_{seed}", "train/episode_return")
-        success = logged(cfg.out / f"seed_{seed}", "train/episode_success")
+        returns = read_scalars(cfg.out / f"seed_{seed}", "train/episode_return")
+        success = read_scalars(cfg.out / f"seed_{seed}", "train/episode_success")
         assert [s for s, _ in returns] == [s for s, _ in success] == list(range(30, 601, 30))
         assert [v for _, v in returns] == pytest.approx([r for r, _ in envs[seed].episodes], rel=1e-5)
         assert [v for _, v in success] == [s for _, s in envs[seed].episodes]
@@ -389,5 +383,5 @@ def test_nan_rewards_never_reach_the_weights_and_a_run_where_they_persist_stops(
     saved = torch.load(tmp_path / "run" / "checkpoints" / "latest.pt", weights_only=False)
     assert saved["step"] == 180
     assert all(torch.isfinite(t).all() for t in saved["nets"].values())
-    left_out = dict(logged(tmp_path / "run", "train/nonfinite_tasks"))
+    left_out = dict(read_scalars(tmp_path / "run", "train/nonfinite_tasks"))
     assert left_out[120] == 0 and left_out[180] == left_out[210] == 1

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
 from graphnet import _spec
 from graphnet.cli import main
@@ -24,7 +25,8 @@ from graphnet.runtime.train import train
 # tiny but real: reach-v3, 30 steps per run, one evaluation episode, a 1 x 16 MLP
 TINY = ["--env", "MT1:reach-v3", "--steps", "30", "--eval-every", "30", "--eval-episodes", "1", "--warmup", "10",
         "--batch-per-task", "16", "--set", "N=1"]
-HEADER = ["spec", "H", "seeds", "final_mean", "final_stderr", "best_mean", "best_stderr", "variant"]
+HEADER = ["spec", "H", "seeds", "final_mean", "final_stderr", "best_mean", "best_stderr", "steps_per_s_mean",
+          "steps_per_s_stderr", "variant"]
 
 
 def table(out: Path) -> list[dict[str, str]]:
@@ -65,8 +67,9 @@ def test_local_pool_sweep_resumes_skips_and_reports_a_failure(tmp_path, capsys):
         ("mtsac", "16", "2", "mtsac__H-16"), ("mtsac", "24", "2", "mtsac__H-24")]
     for r in rows:
         assert 0 <= float(r["final_mean"]) <= float(r["best_mean"]) <= 1 and r["final_stderr"] != ""
+        assert float(r["steps_per_s_mean"]) > 0 and r["steps_per_s_stderr"] != ""
     md = (out / "results.md").read_text()
-    assert md.startswith("| spec | H | seeds | final success | best success |") and len(md.splitlines()) == 4
+    assert md.startswith("| spec | H | seeds | final success | best success | steps/s |") and len(md.splitlines()) == 4
     assert md in printed and is_png(out / "curves.png")
     # a normal run directory: graphnet plot reads it
     assert main(["plot", str(out / "runs" / "mtsac__H-16__s0"), "-o", str(tmp_path / "one.png")]) == 0
@@ -161,9 +164,12 @@ def test_run_directories_of_other_options_are_not_touched(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["runs"]
 
 
-def fake_run(run_dir: Path, cfg, successes: list[float], step: int) -> None:
-    """A run directory as train() leaves it, with chosen evaluations (no training)."""
+def fake_run(run_dir: Path, cfg, successes: list[float], step: int, paces: list[float] = ()) -> None:
+    """A run directory as train() leaves it, with chosen evaluations and logged paces (no training)."""
     (run_dir / "checkpoints").mkdir(parents=True)
+    with SummaryWriter(str(run_dir / "tb")) as tb:
+        for i, pace in enumerate(paces):
+            tb.add_scalar("train/steps_per_s", pace, 10 * (i + 1))
     (run_dir / "config.json").write_text(cfg.model_dump_json())
     rows = [f"{10 * (i + 1)},{s:.4f},{s:.4f}" for i, s in enumerate(successes)]
     (run_dir / "metrics.csv").write_text("\n".join(["step,success_mean,success_reach-v3", *rows]) + "\n")
@@ -172,11 +178,13 @@ def fake_run(run_dir: Path, cfg, successes: list[float], step: int) -> None:
 
 
 def test_results_table_by_hand(tmp_path):
-    """final = last evaluation, best = max over evaluations, mean ± stderr over seeds; unfinished runs are left out."""
+    """final = last evaluation, best = max over evaluations, pace = median logged steps/s, each mean ± stderr over
+    seeds; unfinished runs are left out, and a run that logged no pace is left out of the pace."""
     out = tmp_path / "sweep"
     grid = plan(["mtsac"], {"H": [16, 24]}, 2, out, env="MT1:reach-v3", steps=30, eval_every=10)
-    curves = {"mtsac__H-16__s0": ([0.1, 0.5, 0.2], 30), "mtsac__H-16__s1": ([0.8, 0.3, 0.6], 30),
-              "mtsac__H-24__s0": ([0.0, 0.4, 0.4], 30), "mtsac__H-24__s1": ([0.9, 0.9], 20)}   # s1 unfinished
+    curves = {"mtsac__H-16__s0": ([0.1, 0.5, 0.2], 30, [90.0, 10.0, 20.0]),
+              "mtsac__H-16__s1": ([0.8, 0.3, 0.6], 30, [40.0, 30.0, 35.0]),
+              "mtsac__H-24__s0": ([0.0, 0.4, 0.4], 30), "mtsac__H-24__s1": ([0.9, 0.9], 20, [50.0, 50.0])}
     for p in grid:
         fake_run(p.cfg.out, p.cfg, *curves[p.name])
     grid = plan(["mtsac"], {"H": [16, 24]}, 2, out, env="MT1:reach-v3", steps=30, eval_every=10)
@@ -187,10 +195,13 @@ def test_results_table_by_hand(tmp_path):
     # H=16: final 0.2, 0.6 -> 0.4 ± 0.2; best 0.5, 0.8 -> 0.65 ± 0.15
     assert (h16["final_mean"], h16["final_stderr"], h16["best_mean"], h16["best_stderr"]) == \
         ("0.4000", "0.2000", "0.6500", "0.1500")
+    # medians 20 and 35 -> 27.5 ± 7.5; H=24's finished run logged no pace
+    assert (h16["steps_per_s_mean"], h16["steps_per_s_stderr"]) == ("27.5", "7.5")
     assert (h24["seeds"], h24["final_mean"], h24["final_stderr"], h24["best_mean"]) == ("1", "0.4000", "", "0.4000")
+    assert (h24["steps_per_s_mean"], h24["steps_per_s_stderr"]) == ("", "")
     md = (out / "results.md").read_text().splitlines()
-    assert md[2] == "| mtsac | 16 | 2 | 0.400 ± 0.200 | 0.650 ± 0.150 |"
-    assert md[3] == "| mtsac | 24 | 1 of 2 | 0.400 | 0.400 |"
+    assert md[2] == "| mtsac | 16 | 2 | 0.400 ± 0.200 | 0.650 ± 0.150 | 27.5 ± 7.5 |"
+    assert md[3] == "| mtsac | 24 | 1 of 2 | 0.400 | 0.400 | – |"
     assert is_png(out / "curves.png")
 
 
