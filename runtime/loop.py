@@ -157,7 +157,7 @@ def pace_line(steps: int, seconds: float, evaluating: float) -> str:
     """How fast the run trained: its vector steps over the time outside evaluations (checkpoints included)."""
     training = seconds - evaluating
     rate = f"{steps / training:,.1f} vector steps/s" if steps and training > 0 else "no steps"
-    return f"{steps:,} steps in {seconds:,.0f} s: {rate} ({evaluating:,.0f} s of it in evaluations)"
+    return f"{steps:,} steps in {seconds:,.1f} s: {rate} ({evaluating:,.1f} s of it in evaluations)"
 
 
 def close_all(*things) -> None:
