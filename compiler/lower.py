@@ -20,6 +20,7 @@ from ..ops.ensemble import aligned
 from .modules import ParamOp, shared_input_linears
 from .task_rows import per_task, to_samples
 
+
 def features(x: Tensor) -> Tensor:
     """An input batch `[B, n]` as an ensemble of one, `[1, B, n]`; a group of seeds' `[S, B, n]` as it is."""
     return x if x.dim() == 3 else x.unsqueeze(0)

@@ -45,6 +45,7 @@ from .sac import SAC, squashed_sample
 from .schemes import TaskSampler
 from .seeds import SeedGroup
 
+
 def load_run_config(run_dir: Path) -> RunConfig:
     if not (run_dir / "config.json").is_file():
         raise RunError(f"{run_dir} is not a graphnet run directory (no config.json)")

@@ -97,6 +97,8 @@ _elementwise("tanh", "tanh(x)", tanh, lambda x: torch.tanh(x), True)
 _elementwise("sigmoid", "1 / (1 + exp(-x))", sigmoid, lambda x: 1 / (1 + torch.exp(-x)), False)
 _elementwise("gelu", "Gaussian error linear unit", gelu, _gelu_reference, True)
 _elementwise("elu", "exponential linear unit", elu, _elu_reference, True)
+
+
 def softmax(x: Tensor, k: int) -> Tensor:
     """Over the features; of a stack, over each member's."""
     if k == 1:
