@@ -37,6 +37,14 @@ Step = tuple[np.ndarray, np.ndarray, np.ndarray, bool, np.ndarray]
 """A vector step: next obs, reward, terminated, the episode over (all tasks), success; one row per task."""
 
 
+def vector_step(obs: np.ndarray, reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
+                success: np.ndarray) -> Step:
+    """The tasks' environments' step as a run takes it, wherever they stepped: float32 observations and rewards,
+    and whether every task's episode is over."""
+    return (obs.astype(np.float32), reward.astype(np.float32), terminated, bool(np.all(terminated | truncated)),
+            success.astype(bool))
+
+
 class TaskEnv(Protocol):
     """What a run steps: one environment per task, task i environment i (MultiTaskEnv, WorkerEnvs, a test's
     own problem). `step_async` starts a step and `step_wait` returns it, so the update can run between."""
@@ -94,8 +102,7 @@ class MultiTaskEnv(InProcess):
 
     def step(self, action: np.ndarray) -> Step:
         obs, reward, terminated, truncated, info = self.vec.step(action)
-        done = bool(np.all(terminated | truncated))
-        return obs.astype(np.float32), reward.astype(np.float32), terminated, done, info["success"].astype(bool)
+        return vector_step(obs, reward, terminated, truncated, info["success"])
 
     def random_actions(self, rng: np.random.Generator) -> np.ndarray:
         return rng.uniform(-1, 1, (self.num_tasks, self.act_dim)).astype(np.float32)

@@ -24,7 +24,7 @@ import numpy as np
 from gymnasium.spaces.utils import flatdim
 
 from ..errors import EnvError
-from .envs import EPISODE_STEPS, MultiTaskEnv, Step, TaskEnv, task_names
+from .envs import EPISODE_STEPS, MultiTaskEnv, Step, TaskEnv, task_names, vector_step
 
 
 def env_makers(env: str, seed: int) -> list[partial]:
@@ -172,10 +172,7 @@ class WorkerEnvs:
 
     def step_wait(self) -> Step:
         """The step `step_async` started, as `step` returns it."""
-        parts = self._gather()
-        obs, reward, terminated, truncated, success = (np.concatenate(x) for x in zip(*parts))
-        done = bool(np.all(terminated | truncated))
-        return obs.astype(np.float32), reward.astype(np.float32), terminated, done, success.astype(bool)
+        return vector_step(*(np.concatenate(x) for x in zip(*self._gather())))
 
     def random_actions(self, rng: np.random.Generator) -> np.ndarray:
         return rng.uniform(-1, 1, (self.num_tasks, self.act_dim)).astype(np.float32)
