@@ -9,6 +9,7 @@ closing of every environment, log and file, so that none of it is written twice.
 from __future__ import annotations
 
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from .replay import TaskReplay
 from .sac import SAC
 
 NONFINITE_PATIENCE = 1_000   # updates in a row that lost a task or a step to NaN/inf before a run stops
+LOGGED_BAR_S = 60.0   # the progress bar's refresh where stderr is a file (a scheduler's log), not a terminal:
+                      # ten a second fill a day's log with megabytes of bars
 Metrics = dict[str, Tensor]
 
 
@@ -88,7 +91,8 @@ class Loop:
     def run(self, obs: np.ndarray, step: int = 0, env_state: list | None = None, closing: tuple[Any, ...] = ()
             ) -> int:
         """Train to `steps` (or a signal) and return the step reached; closes the environments and `closing`."""
-        bar = tqdm(total=self.steps, initial=step, unit="step", disable=self.quiet, dynamic_ncols=True)
+        bar = tqdm(total=self.steps, initial=step, unit="step", disable=self.quiet, dynamic_ncols=True,
+                   mininterval=0.1 if sys.stderr.isatty() else LOGGED_BAR_S)
         every = self.checkpoint_every or self.steps + 1
         next_checkpoint = (step // every + 1) * every
         metrics: Metrics = {}

@@ -138,6 +138,14 @@ def test_a_run_logs_its_pace_evaluations_apart(tmp_path, capsys):
     assert float(in_evaluations.replace(",", "")) == pytest.approx(sum(evaluating.values()), abs=0.1)
 
 
+def test_a_run_written_to_a_log_draws_its_bar_at_evaluations_not_ten_times_a_second(tmp_path, capsys):
+    """stderr to a file (a scheduler's log, here pytest's capture): the bar is drawn as the run starts, at each
+    evaluation (with its success) and at the end; drawn every 0.1 s, a 200,000-step run logged megabytes."""
+    train(point_mass_config(tmp_path / "run", steps=600, eval_every=300), make_env=PointMass)
+    err = capsys.readouterr().err
+    assert 2 <= err.count("/600 [") <= 4 and "600/600 [" in err and "success=" in err
+
+
 class EpisodeRecorder(PointMass):
     """PointMass keeping each of its episodes' mean return and success over its tasks, as it stepped them."""
 
