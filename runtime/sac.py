@@ -41,6 +41,14 @@ def squashed_sample(mean: Tensor, log_std: Tensor) -> tuple[Tensor, Tensor]:
     return action, log_prob
 
 
+def squashed_action(mean: Tensor, log_std: Tensor, deterministic: bool) -> Tensor:
+    """An action to act with: tanh of the mean, or squashed_sample's action (the same draw, the same bits)
+    without the log-probability, which acting never reads: 14 of an MT-SAC acting step's 60 ops."""
+    if deterministic:
+        return torch.tanh(mean)
+    return torch.tanh(mean + log_std.exp() * torch.randn_like(mean))
+
+
 def _adam(params, lr: float) -> torch.optim.Adam:
     """Fused Adam; on CUDA its step count stays on the device, so an update can be a CUDA graph."""
     params = list(params)

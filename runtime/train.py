@@ -41,7 +41,7 @@ from .logs import RunLog, versions, write_json
 from .loop import Loop, Stepper
 from .prioritized import TaskSumTrees
 from .replay import Batch, TaskReplay
-from .sac import SAC, squashed_sample
+from .sac import SAC, squashed_action
 from .schemes import TaskSampler
 from .seeds import SeedGroup
 
@@ -261,7 +261,7 @@ def group_policy(nets: AgentNets, seeds: int, tasks: int, device: torch.device
         with torch.no_grad(), one_thread(device):
             x = torch.as_tensor(o, device=device).view(seeds, tasks, -1)
             mean, log_std = nets.actor(x, task_ids, task_major=True)
-            action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
+            action = squashed_action(mean, log_std, deterministic)
         return action.reshape(seeds * tasks, -1).cpu().numpy()
     return policy
 

@@ -68,7 +68,7 @@ from .logs import RunLog, write_json
 from .loop import Loop, Stepper
 from .prioritized import TaskSumTrees
 from .replay import TaskReplay
-from .sac import SAC, squashed_sample
+from .sac import SAC, squashed_action
 from .schemes import TaskSampler
 from .train import (evaluate_all, load_run_config, log_episode, log_evaluation, one_thread, sample_batch, start_run,
                     write_run_files)
@@ -416,7 +416,7 @@ def _run(source: Source, cfg: RunConfig, quiet: bool, make_env: Callable[[int], 
                     mean, log_std = nets.actor(x, tasks, task_major=True)
                 else:   # pi_explore: the actor at a point of the sub-space, theta = Phi w~
                     mean, log_std = functional_call(nets.actor, point, (x, tasks, True))
-                action = torch.tanh(mean) if deterministic else squashed_sample(mean, log_std)[0]
+                action = squashed_action(mean, log_std, deterministic)
             return action.cpu().numpy()
 
         def save(step: int, env_state: list | None) -> None:

@@ -15,7 +15,7 @@ from torch.func import functional_call
 import graphnet
 from graphnet.compiler import build
 from graphnet.runtime.replay import Batch
-from graphnet.runtime.sac import SAC, squashed_sample
+from graphnet.runtime.sac import SAC, squashed_action, squashed_sample
 
 OBS, ACT, T, PER_TASK = 3, 2, 2, 4
 
@@ -36,6 +36,20 @@ def test_log_prob_is_the_tanh_gaussians():
     moderate = (u.abs() < 3).all(-1)
     by_hand = (Normal(mean, log_std.exp()).log_prob(u) - torch.log1p(-torch.tanh(u) ** 2)).sum(-1)
     torch.testing.assert_close(logp[moderate], by_hand[moderate])
+
+
+def test_acting_draws_the_squashed_samples_action():
+    """Acting skips the log-probability, not the draw: the same noise and the same bits as squashed_sample's
+    action, and the generator left where squashed_sample leaves it, so runs act as they did; deterministic is
+    tanh of the mean."""
+    mean, log_std = torch.randn(64, 4), torch.randn(64, 4) * 0.5
+    torch.manual_seed(3)
+    action, _ = squashed_sample(mean, log_std)
+    after = torch.rand(1)
+    torch.manual_seed(3)
+    assert torch.equal(squashed_action(mean, log_std, deterministic=False), action)
+    assert torch.equal(torch.rand(1), after)
+    assert torch.equal(squashed_action(mean, log_std, deterministic=True), torch.tanh(mean))
 
 
 def batch(rewards=(1.0, -1.0), weight: torch.Tensor | None = None, seed: int = 0) -> Batch:
