@@ -433,9 +433,11 @@ def _seed_list(text: str) -> list[int]:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--seeds", type=_seed_list, metavar="N|S0,S1,...",
-                   help="train several seeds in one process as one agent (N: seeds 0..N-1), each in OUT/seed_<s>")
+    one_or_many = p.add_mutually_exclusive_group()   # both given, one would be ignored
+    one_or_many.add_argument("--seed", type=int, default=0)
+    one_or_many.add_argument("--seeds", type=_seed_list, metavar="N|S0,S1,...",
+                             help="train several seeds in one process as one agent (N: seeds 0..N-1), each in "
+                                  "OUT/seed_<s>")
     p.add_argument("--out", help="run directory (default runs/<spec>-<env>-s<seed>)")
     p.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a spec param (repeatable)")
     _run_args(p)

@@ -178,9 +178,10 @@ def test_a_group_refuses_a_per_seed_task_layout(tmp_path):
 
 @pytest.mark.parametrize("seeds, message", [("1", "a group needs two or more different seeds"),
                                             ("0,0", "a group needs two or more different seeds"),
-                                            ("two", "neither a count")])
+                                            ("two", "neither a count"),
+                                            ("0,1 --seed 5", "not allowed with argument --seed")])
 def test_a_bad_seed_list_is_a_usage_error(tmp_path, capsys, seeds, message):
     with pytest.raises(SystemExit) as e:
-        main(["train", "mtsac", "--seeds", seeds, "--out", str(tmp_path / "run")])
+        main(["train", "mtsac", "--seeds", *seeds.split(), "--out", str(tmp_path / "run")])
     assert e.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
