@@ -155,7 +155,7 @@ def _run_config(args):
     from .runtime.config import RunConfig
     spec = load(args.spec, **_overrides(args.set))
     env = args.env or "MT10"
-    seeds = f"s{'_'.join(map(str, args.seeds))}" if getattr(args, "seeds", None) else f"s{args.seed}"
+    seeds = f"s{'_'.join(map(str, args.seeds))}" if args.seeds else f"s{args.seed or 0}"
     out = args.out or Path("runs") / f"{Path(spec.path).stem}-{env.replace(':', '-')}-{seeds}"
     return RunConfig(spec=args.spec, overrides=_overrides(args.set), out=out, train=_train_section(spec, args),
                      **_run_fields(args, "seed", "seeds", "threads"))
@@ -178,6 +178,13 @@ def _train_section(spec: Spec, args):
     return TrainConfig(**(spec.train.model_dump() | {k: v for k, v in flags.items() if v is not None}))
 
 
+# what `train --resume` may change: how long, where and how fast it runs, how often it evaluates and checkpoints;
+# the rest of a run's flags set what it learns, so a resume refuses them rather than ignore them
+RESUMABLE = ("steps", "device", "threads", "cuda_graph", "env_workers", "eval_every", "eval_episodes",
+             "checkpoint_every", "save_replay")
+FIXED_AT_START = ("env", "seed", "seeds", "set", "out", "warmup", "batch_per_task", "lr", "overlap", "eval_protocol")
+
+
 def cmd_train(args) -> int:
     from pathlib import Path
     from .runtime.train import load_run_config, train
@@ -185,8 +192,10 @@ def cmd_train(args) -> int:
         raise UsageError("give a SPEC to start a run, or --resume RUN_DIR to continue one")
     if args.resume:
         cfg = load_run_config(Path(args.resume))
-        updates = {k: getattr(args, k) for k in ("steps", "device", "threads", "cuda_graph", "env_workers")
-                   if getattr(args, k) is not None}
+        if fixed := [f"--{k.replace('_', '-')}" for k in FIXED_AT_START if getattr(args, k) is not None]:
+            raise UsageError(f"{', '.join(fixed)}: --resume continues {args.resume} as it started (its config.json); "
+                             "start a new run (SPEC --out DIR) to change what it learns")
+        updates = {k: getattr(args, k) for k in RESUMABLE if getattr(args, k) is not None}
         cfg = cfg.model_copy(update=updates | {"out": Path(args.resume)})
     else:
         cfg = _run_config(args)
@@ -434,7 +443,7 @@ def _seed_list(text: str) -> list[int]:
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     one_or_many = p.add_mutually_exclusive_group()   # both given, one would be ignored
-    one_or_many.add_argument("--seed", type=int, default=0)
+    one_or_many.add_argument("--seed", type=int, help="the run's seed (default 0)")
     one_or_many.add_argument("--seeds", type=_seed_list, metavar="N|S0,S1,...",
                              help="train several seeds in one process as one agent (N: seeds 0..N-1), each in "
                                   "OUT/seed_<s>")

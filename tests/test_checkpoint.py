@@ -14,6 +14,7 @@ import torch
 
 from graphnet.cli import main
 from graphnet.runtime import checkpoint
+from graphnet.runtime import train as train_module
 from graphnet.runtime.checkpoint import CheckpointError
 from graphnet.runtime.train import train
 from helpers import PointMass
@@ -88,3 +89,21 @@ def test_resume_names_its_checkpoint_and_refuses_a_run_already_there(tmp_path, c
     out = capsys.readouterr().out
     assert f"resuming {run} at step 30 of 90 from checkpoints/step_000000030.pt" in out
     assert "step_000000060.pt (" in out and "passed over" in out
+
+
+def test_a_resume_takes_what_it_may_change_and_refuses_what_the_run_learns(tmp_path, capsys, monkeypatch):
+    """--resume continues a run as it started: flags that set what it learns are one usage error naming them (they
+    were ignored), while its length, pace, evaluations and checkpoints may change."""
+    run = train(point_mass_config(tmp_path / "run", steps=60, warmup=30, checkpoint_every=30), quiet=True,
+                make_env=PointMass)
+    config, latest = (run / "config.json").read_text(), (run / "checkpoints" / "latest.pt").read_bytes()
+    assert main(["train", "--resume", str(run), "--steps", "90", "--env", "MT50", "--seed", "0", "--lr", "0.1"]) == 2
+    assert "--env, --seed, --lr: --resume continues" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == config
+    assert (run / "checkpoints" / "latest.pt").read_bytes() == latest
+    given = {}
+    monkeypatch.setattr(train_module, "train", lambda cfg, resume, quiet: given.update(cfg=cfg, resume=resume) or run)
+    assert main(["train", "--resume", str(run), "--steps", "90", "--eval-every", "15", "--checkpoint-every", "45",
+                 "--env-workers", "1"]) == 0
+    changed = {"steps": 90, "eval_every": 15, "checkpoint_every": 45, "env_workers": 1}
+    assert given["resume"] and given["cfg"].model_dump() == train_module.load_run_config(run).model_dump() | changed
