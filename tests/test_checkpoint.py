@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from graphnet.cli import main
+from graphnet.cli import FIXED_AT_START, RESUMABLE, build_parser, main
 from graphnet.runtime import checkpoint
 from graphnet.runtime import train as train_module
 from graphnet.runtime.checkpoint import CheckpointError
@@ -107,3 +107,10 @@ def test_a_resume_takes_what_it_may_change_and_refuses_what_the_run_learns(tmp_p
                  "--env-workers", "1"]) == 0
     changed = {"steps": 90, "eval_every": 15, "checkpoint_every": 45, "env_workers": 1}
     assert given["resume"] and given["cfg"].model_dump() == train_module.load_run_config(run).model_dump() | changed
+
+
+def test_every_train_flag_is_either_resumable_or_fixed_at_start():
+    """A flag added to train without a side here would be ignored by --resume again."""
+    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
+    flags = {a.dest for a in train_parser._actions} - {"help", "spec", "resume", "quiet"}
+    assert flags == set(RESUMABLE) | set(FIXED_AT_START) and not set(RESUMABLE) & set(FIXED_AT_START)
