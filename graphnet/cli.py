@@ -396,6 +396,9 @@ def cmd_sweep(args) -> int:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if args.cpus_per_run <= 0 or args.gpus_per_run < 0:
         raise UsageError("--cpus-per-run must be above 0 and --gpus-per-run at least 0")
+    if args.pack_seeds and args.seeds < 2:
+        raise UsageError(f"--pack-seeds trains a variant's seeds as one group; with --seeds {args.seeds} there is "
+                         "nothing to pack (give --seeds 2 or more, or leave --pack-seeds out)")
     grid = _grid(args.vary or [])
     fields = _run_fields(args)
     train_updates = {k: getattr(args, k) for k in ("lr", "batch_per_task") if getattr(args, k) is not None}

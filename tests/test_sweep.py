@@ -129,6 +129,7 @@ def test_ctrl_c_stops_runs_at_a_checkpoint(tmp_path):
     (["--env", "MT1:reachh-v3"], "did you mean 'reach-v3'"),
     (["--steps", "0"], "--steps"),
     (["--seeds", "0"], "--seeds must be at least 1"),
+    (["--seeds", "1", "--pack-seeds"], "with --seeds 1 there is nothing to pack"),
     (["--ray", "local", "--workers", "2"], "--workers sizes the local pool"),
 ])
 def test_bad_input_fails_before_anything_starts(tmp_path, capsys, args, message):
