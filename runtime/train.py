@@ -168,6 +168,8 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
             for r in ([cfg] if cfg.seeds else []) + runs:
                 write_run_files(r, spec)
         else:
+            for r in ([cfg] if cfg.seeds else []) + runs:   # as resumed (--steps, ...): a plain --resume goes on so
+                write_json(r.out / "config.json", r.model_dump(mode="json"))
             states = [f.state for f in found]
             step = states[0]["step"]
             nets.load_state_dict(group.stack_states([st["nets"] for st in states]))

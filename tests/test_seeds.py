@@ -20,7 +20,7 @@ from graphnet.errors import RunError
 from graphnet.runtime.config import RunConfig
 from graphnet.runtime.plot import plot
 from graphnet.runtime.seeds import SeedGroup
-from graphnet.runtime.train import read_checkpoints, seed_configs, train
+from graphnet.runtime.train import load_run_config, read_checkpoints, seed_configs, train
 from graphnet.train_config import TAPER, TrainConfig
 from helpers import PointMass
 from test_runtime import assert_equal_states, final_success, logged_steps, point_mass_config
@@ -167,6 +167,20 @@ def test_a_group_resumes_exactly_from_its_seeds_checkpoints_and_a_seed_resumes_a
     alone = train(point_mass_config(resumed / "seed_0", steps=1200, save_replay=True), resume=True, quiet=True,
                   make_env=PointMass)
     assert torch.load(alone / "checkpoints" / "latest.pt", weights_only=False)["step"] == 1200
+
+
+def test_a_resumed_group_keeps_what_it_resumed_with_so_a_plain_resume_goes_on(tmp_path):
+    """Extended with --steps (or evaluating more often), a run's config.json, the group's and every seed's, says
+    so: the 'continue with: graphnet train --resume DIR' that a stop prints goes on to the new end, not the old."""
+    out = train(group_config(tmp_path / "group", steps=60, warmup=30, checkpoint_every=30), quiet=True,
+                make_env=PointMass)
+    resumed = load_run_config(out).model_copy(update={"steps": 90, "eval_every": 45})
+    train(resumed, resume=True, quiet=True, make_env=PointMass)
+    for run in (out, out / "seed_0", out / "seed_1"):
+        assert (load_run_config(run).steps, load_run_config(run).eval_every) == (90, 45)
+    assert load_run_config(out / "seed_1").seed == 1 and load_run_config(out).seeds == [0, 1]
+    with pytest.raises(RunError, match="at step 90 already, not short of --steps 90"):
+        train(load_run_config(out), resume=True, quiet=True, make_env=PointMass)
 
 
 def test_a_group_refuses_a_per_seed_task_layout(tmp_path):
