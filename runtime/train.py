@@ -162,14 +162,13 @@ def train(cfg: RunConfig, resume: bool = False, quiet: bool = False,
         sampler = TaskSampler(T, cfg.train.sampling, device)
         step, refill_until, env_state = 0, 0, None
 
-        for r in ([cfg] if cfg.seeds else []) + runs:
+        for r in ([cfg] if cfg.seeds else []) + runs:   # a group's directory, then each seed's
             r.out.mkdir(parents=True, exist_ok=True)
-        if found is None:
-            for r in ([cfg] if cfg.seeds else []) + runs:
+            if found is None:
                 write_run_files(r, spec)
-        else:
-            for r in ([cfg] if cfg.seeds else []) + runs:   # as resumed (--steps, ...): a plain --resume goes on so
-                write_json(r.out / "config.json", r.model_dump(mode="json"))
+            else:   # as resumed (--steps, ...), so that a plain --resume goes on to its new end
+                write_config(r)
+        if found is not None:
             states = [f.state for f in found]
             step = states[0]["step"]
             nets.load_state_dict(group.stack_states([st["nets"] for st in states]))
@@ -312,9 +311,14 @@ def log_episode(logs: list[RunLog], step: int, returns: np.ndarray, solved: np.n
                            "episode_success": float(solved[rows].mean())})
 
 
+def write_config(cfg: RunConfig) -> None:
+    """The run's config.json, which `load_run_config` reads back."""
+    write_json(cfg.out / "config.json", cfg.model_dump(mode="json"))
+
+
 def write_run_files(cfg: RunConfig, spec: graphnet.Spec) -> None:
     """What makes a directory a run: its config, the versions it ran with, and the spec as it was."""
-    write_json(cfg.out / "config.json", cfg.model_dump(mode="json"))
+    write_config(cfg)
     write_json(cfg.out / "versions.json", versions())
     write_json(cfg.out / "spec.json", {"hash": spec.hash, "values": spec.values, "sources": spec.sources})
     (cfg.out / "spec.gn").write_text(spec.sources[spec.path])
